@@ -1,0 +1,1 @@
+"""The data layer: sources, index, query, volumes, cache and synthetic data."""
