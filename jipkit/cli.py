@@ -32,9 +32,7 @@ def _parse_keys(pairs: Sequence[str]) -> dict[str, Any]:
     keys: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise JipError(
-                f"Expected query keys as KEYWORD=VALUE (for example Modality=CT), found {pair!r}."
-            )
+            raise JipError(f"Expected query keys as KEYWORD=VALUE (for example Modality=CT), found {pair!r}.")
         k, _, v = pair.partition("=")
         keys[k.strip()] = v.split(",") if "," in v and not v.startswith('"') else v
     return keys
@@ -60,7 +58,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     for path, reason, detail in report.failed[: args.show_failed]:
         print(f"  not indexed: {path}: {reason} ({detail})", file=sys.stderr)
     if len(report.failed) > args.show_failed:
-        print(f"  ... and {len(report.failed) - args.show_failed} more: `jip errors` lists all", file=sys.stderr)
+        print(
+            f"  ... and {len(report.failed) - args.show_failed} more: `jip errors` lists all", file=sys.stderr
+        )
     counts = site.index.counts()
     print(
         f"index {site.config.index_path}: {counts['patients']} patients, {counts['studies']} studies, "
@@ -70,11 +70,32 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 _DEFAULT_COLUMNS = {
-    "patient": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"],
-    "study": ["PatientID", "PatientName", "StudyDate", "StudyDescription", "ModalitiesInStudy",
-              "NumberOfStudyRelatedSeries", "StudyInstanceUID"],
-    "series": ["PatientID", "StudyDate", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
-               "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"],
+    "patient": [
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+    ],
+    "study": [
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "StudyDescription",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "StudyInstanceUID",
+    ],
+    "series": [
+        "PatientID",
+        "StudyDate",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "NumberOfSeriesRelatedInstances",
+        "SeriesInstanceUID",
+    ],
     "instance": ["SeriesInstanceUID", "InstanceNumber", "SOPInstanceUID", "ImagePositionPatient", "location"],
 }
 
@@ -152,7 +173,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jip", description="JIP: the Joint Imaging Platform.")
-    p.add_argument("--config", help="site configuration file (default: $JIP_CONFIG, then the user's site.toml)")
+    p.add_argument(
+        "--config", help="site configuration file (default: $JIP_CONFIG, then the user's site.toml)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

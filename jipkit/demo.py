@@ -49,7 +49,13 @@ def run_demo(args: argparse.Namespace) -> int:
         with pd.option_context("display.width", 160, "display.max_columns", 10):
             _say(
                 cohort[
-                    ["PatientID", "PatientName", "StudyDate", "SeriesDescription", "NumberOfSeriesRelatedInstances"]
+                    [
+                        "PatientID",
+                        "PatientName",
+                        "StudyDate",
+                        "SeriesDescription",
+                        "NumberOfSeriesRelatedInstances",
+                    ]
                 ].to_string(index=False)
             )
         overview = site.find_series()

@@ -123,9 +123,7 @@ class AmbiguousSeriesError(VolumeError):
 
     reason = "volume_ambiguous"
 
-    def __init__(
-        self, message: str, attribute: str | None = None, values: list[object] | None = None
-    ):
+    def __init__(self, message: str, attribute: str | None = None, values: list[object] | None = None):
         super().__init__(message)
         self.attribute = attribute
         self.values = values or []

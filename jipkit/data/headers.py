@@ -168,9 +168,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
                 fp.seek(0)
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
                 if "SOPInstanceUID" not in ds:
-                    raise HeaderError(
-                        "not_dicom", "no DICOM preamble and no SOPInstanceUID"
-                    ) from None
+                    raise HeaderError("not_dicom", "no DICOM preamble and no SOPInstanceUID") from None
             meta = getattr(ds, "file_meta", None)
             ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
             if not ts:
@@ -211,7 +209,5 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     rec["file_size"] = st.st_size
     rec["mtime_ns"] = st.st_mtime_ns
     if offset is not None and length is not None and offset + length > st.st_size:
-        raise HeaderError(
-            "truncated", f"pixel data ends at byte {offset + length}, file has {st.st_size}"
-        )
+        raise HeaderError("truncated", f"pixel data ends at byte {offset + length}, file has {st.st_size}")
     return rec

@@ -180,9 +180,7 @@ class Index:
 
     # -- writing ---------------------------------------------------------------------
 
-    def add_instances(
-        self, records: Sequence[Mapping[str, Any]], source: str | None = None
-    ) -> None:
+    def add_instances(self, records: Sequence[Mapping[str, Any]], source: str | None = None) -> None:
         """Insert or update instances (and their patient, study and series) from header records.
 
         Values already known are kept when a later record lacks them.
@@ -192,18 +190,12 @@ class Index:
         with self.transaction() as con:
             self._add(con, records, source)
 
-    def _add(
-        self, con: sqlite3.Connection, records: Sequence[Mapping[str, Any]], source: str | None
-    ) -> None:
-        def upsert(
-            table: str, cols: Sequence[str], conflict: str, rows: Iterable[Sequence[Any]]
-        ) -> None:
+    def _add(self, con: sqlite3.Connection, records: Sequence[Mapping[str, Any]], source: str | None) -> None:
+        def upsert(table: str, cols: Sequence[str], conflict: str, rows: Iterable[Sequence[Any]]) -> None:
             names = ", ".join(cols)
             marks = ", ".join("?" * len(cols))
             keys = set(conflict.split(", "))
-            sets = ", ".join(
-                f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in cols if c not in keys
-            )
+            sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in cols if c not in keys)
             con.executemany(
                 f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT({conflict}) DO UPDATE SET {sets}",
                 rows,
@@ -215,9 +207,7 @@ class Index:
             pcols,
             "PatientID, IssuerOfPatientID",
             {
-                (r.get("PatientID") or "", r.get("IssuerOfPatientID") or ""): [
-                    r.get(c) for c in pcols
-                ]
+                (r.get("PatientID") or "", r.get("IssuerOfPatientID") or ""): [r.get(c) for c in pcols]
                 for r in records
             }.values(),
         )
@@ -377,9 +367,7 @@ class Index:
         if keyword in _DERIVED_SQL:
             return _DERIVED_SQL[keyword]
         if keyword == "Duplicates":
-            return (
-                "(SELECT COUNT(*) FROM instances i2 WHERE i2.SOPInstanceUID = i.SOPInstanceUID) - 1"
-            )
+            return "(SELECT COUNT(*) FROM instances i2 WHERE i2.SOPInstanceUID = i.SOPInstanceUID) - 1"
         if keyword in ("location", "TransferSyntaxUID", "file_size"):
             return f"i.{keyword}"
         if keyword == "source":

@@ -77,11 +77,13 @@ def _read_one(path: str) -> tuple[dict[str, Any] | None, FileRow]:
         try:
             rec = read_header(path)
         except HeaderError as err:
+            size: int | None = None
+            mtime: int | None = None
             try:
                 st = os.stat(path)
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
-                size = mtime = None
+                pass
             return None, (path, size, mtime, "error", err.reason, err.detail[:500])
     return rec, (path, rec["file_size"], rec["mtime_ns"], "ok", None, None)
 

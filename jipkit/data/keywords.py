@@ -42,9 +42,9 @@ def check_keyword(keyword: str) -> Level:
             f"holds: {', '.join(sorted(_INDEXED))}. Query on one of those, then read {keyword} "
             "from the headers of the loaded series (Volume.headers)."
         )
-    near = difflib.get_close_matches(
-        keyword, _INDEXED, n=3, cutoff=0.6
-    ) or difflib.get_close_matches(keyword, list(keyword_dict), n=3, cutoff=0.75)
+    near = difflib.get_close_matches(keyword, _INDEXED, n=3, cutoff=0.6) or difflib.get_close_matches(
+        keyword, list(keyword_dict), n=3, cutoff=0.75
+    )
     hint = f" Did you mean {' or '.join(near)}?" if near else ""
     raise UnknownKeywordError(
         f"{keyword!r} is not a DICOM keyword.{hint} Query keys are DICOM keywords written "

@@ -369,7 +369,7 @@ def _read_fast(f: _Frame, out: npt.NDArray[Any]) -> bool:
         st = os.fstat(fd)
         if st.st_size != i.get("file_size") or st.st_mtime_ns != i.get("mtime_ns"):
             return False
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = memoryview(out.reshape(-1).view(np.uint8).data)
         got = os.preadv(fd, [view], int(i["pixel_offset"]))
         return got == view.nbytes
     finally:
@@ -382,7 +382,7 @@ def _read_pydicom(location: str, frame: int) -> npt.NDArray[Any]:
         try:
             ds = pydicom.dcmread(location)
             if frame >= 0:
-                from pydicom.pixels import pixel_array
+                from pydicom.pixels.utils import pixel_array
 
                 arr = pixel_array(ds, index=frame)
             else:
@@ -444,18 +444,16 @@ def _rescale(stored: npt.NDArray[Any], frames: Sequence[_Frame]) -> npt.NDArray[
         return stored
     if np.all(slopes == 1) and np.all(inters == inters[0]) and float(inters[0]).is_integer():
         b = int(inters[0])
-        lo, hi = int(stored.min()) + b, int(stored.max()) + b
-        if -32768 <= lo and hi <= 32767 and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
-            if stored.dtype == np.int16:
-                stored += np.int16(b)  # in place: no float64, no copy
-                return stored
-            out = stored.astype(np.int16, copy=False) if stored.dtype.itemsize == 1 else None
-            if out is None:
-                out = (stored.astype(np.int32) + b).astype(np.int16)
-            else:
-                out += np.int16(b)
-            return out
-    out = stored.astype(np.float32)
+        if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.size:
+            lo, hi = int(stored.min()) + b, int(stored.max()) + b
+            if -32768 <= lo and hi <= 32767:  # Hounsfield units fit in int16: no float copy
+                if stored.dtype == np.int16:
+                    stored += np.int16(b)  # in place
+                    return stored
+                wide = stored.astype(np.int32)
+                wide += b
+                return wide.astype(np.int16)
+    out: npt.NDArray[np.float32] = stored.astype(np.float32)
     shape = (-1,) + (1,) * (out.ndim - 1)
     out *= slopes.astype(np.float32).reshape(shape)
     out += inters.astype(np.float32).reshape(shape)

@@ -181,9 +181,7 @@ def _single(keyword: str, value: Any, ignore_case: bool) -> Condition:
     return "{col} = ?", [value]
 
 
-def condition(
-    keyword: str, value: Any, column: str, *, ignore_case: bool = False
-) -> Condition | None:
+def condition(keyword: str, value: Any, column: str, *, ignore_case: bool = False) -> Condition | None:
     """The SQL condition for ``keyword`` matching ``value`` in ``column``.
 
     Returns None for universal matching (the key constrains nothing).
@@ -226,9 +224,7 @@ def _pn_pattern(pattern: str) -> tuple[tuple[re.Pattern[str] | None, ...], ...]:
             if comp in ("", "*"):
                 comps.append(None)
                 continue
-            rx = "".join(
-                ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in comp.casefold()
-            )
+            rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in comp.casefold())
             comps.append(re.compile(rx, re.DOTALL))
         groups.append(tuple(comps))
     return tuple(groups)

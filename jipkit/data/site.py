@@ -10,7 +10,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -279,11 +279,19 @@ class Site:
                 "(files) or `jip sync` (PACS) first, or check the UID with find_series()."
             )
         inst = self.index.instances_of(series_uid)
-        rows = inst.astype(object).where(inst.notna(), None).to_dict("records")
+        rows: list[dict[str, Any]] = [
+            {str(k): v for k, v in r.items()}
+            for r in inst.astype(object).where(inst.notna(), None).to_dict("records")
+        ]
         for r in rows:
             r["StudyInstanceUID"] = series["StudyInstanceUID"]
             r["Modality"] = series.get("Modality")
         return rows, series
+
+    @overload
+    def load_series(self, series_uid: str, *, split_by: None = None) -> Volume: ...
+    @overload
+    def load_series(self, series_uid: str, *, split_by: str) -> dict[Any, Volume]: ...
 
     def load_series(self, series_uid: str, *, split_by: str | None = None) -> Volume | dict[Any, Volume]:
         """Load a series as a :class:`Volume`.
@@ -356,16 +364,13 @@ class Site:
         """
         uids = list(series["SeriesInstanceUID"]) if isinstance(series, pd.DataFrame) else list(series)
         for uid in tqdm(uids, desc="loading", unit="series", disable=not progress):
-            vol = self.load_series(uid)
-            assert isinstance(vol, Volume)
-            yield uid, vol
+            yield uid, self.load_series(uid)
 
     def lazy_series(self, series_uid: str) -> dask.array.Array:
         """A series as a lazy dask array ``[z, y, x]``, one chunk per slice, rescaled.
 
         Geometry checks run at once; pixels are read only when computed.
         """
-        import dask
         import dask.array as da
         import numpy as np
 
@@ -382,11 +387,14 @@ class Site:
         def one(k: int) -> Any:
             return load._rescale(load.read_frames([frames[k]]), [frames[k]])[0].astype(dtype, copy=False)
 
+        from dask.delayed import delayed
+
         parts = [
-            da.from_delayed(dask.delayed(one)(k), shape=first.shape[1:], dtype=dtype)
+            da.from_delayed(delayed(one)(k), shape=first.shape[1:], dtype=dtype)  # type: ignore[no-untyped-call]
             for k in range(len(frames))
         ]
-        return da.stack(parts)
+        stacked: dask.array.Array = da.stack(parts)  # type: ignore[no-untyped-call]
+        return stacked
 
 
 def connect(config: SiteConfig | str | os.PathLike[str] | None = None, **overrides: Any) -> Site:
@@ -416,5 +424,3 @@ def connect(config: SiteConfig | str | os.PathLike[str] | None = None, **overrid
     else:
         cfg = load_config(config, **overrides)
     return Site(cfg)
-
-

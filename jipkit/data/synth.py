@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from pydicom import dcmwrite
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -58,6 +59,7 @@ __all__ = [
     "CT_LABELS",
     "MR_LABELS",
     "SeriesInfo",
+    "generate_archive",
     "phantom_ct",
     "phantom_ct_labels",
     "phantom_mr",
@@ -151,28 +153,29 @@ def _ct_labels(
     y = _centred_mm(ny, dy)[:, None]
     x = _centred_mm(nx, dx)[None, :]
     rng = np.random.default_rng([seed, 1])
-    # Body: an elliptic cylinder with a ring of subcutaneous fat and a spine behind.
-    ax, ay = 0.44 * ex, 0.32 * ey
+    # Body: an elliptic cylinder, sized per patient, with a ring of subcutaneous
+    # fat and a spine behind the mediastinum.
+    bx, by = rng.uniform(0.88, 1.0, size=2)
+    ax, ay = 0.44 * ex * bx, 0.32 * ey * by
     fat = 0.04 * min(ex, ey)
     body = (x / ax) ** 2 + (y / ay) ** 2 <= 1.0
     inner = (x / (ax - fat)) ** 2 + (y / (ay - fat)) ** 2 <= 1.0
-    spine_r = 0.06 * min(ex, ey)
-    spine = x**2 + (y - 0.22 * ey) ** 2 <= spine_r**2
+    spine_r = 0.06 * min(ex, ey) * by
+    spine = x**2 + (y - 0.22 * ey * by) ** 2 <= spine_r**2
     plane = np.zeros((ny, nx), dtype=np.uint8)
     plane[body] = CT_LABELS["fat"]
     plane[inner] = CT_LABELS["soft_tissue"]
     plane[spine] = CT_LABELS["bone"]
-    # Lungs: ellipsoids either side of the mediastinum, sized per patient (seed).
+    # Lungs: ellipsoids either side of the mediastinum, sized per patient.
     # Patient left is +x, so the left lung lies at larger x (larger column index).
     lungs = []
     for label, side in ((CT_LABELS["lung_right"], -1.0), (CT_LABELS["lung_left"], 1.0)):
         sx, sy, sz = rng.uniform(0.8, 1.1, size=3)
         if side > 0:  # the heart takes room from the left lung
             sx *= 0.9
-        cx = side * 0.21 * ex
-        cy = -0.02 * ey
+        cx, cy = side * 0.21 * ex * bx, -0.02 * ey * by
         cz = rng.uniform(-0.05, 0.1) * ez
-        q = ((x - cx) / (0.13 * ex * sx)) ** 2 + ((y - cy) / (0.20 * ey * sy)) ** 2
+        q = ((x - cx) / (0.13 * ex * bx * sx)) ** 2 + ((y - cy) / (0.20 * ey * by * sy)) ** 2
         lungs.append((label, q, (z - cz) / (0.40 * ez * sz)))
     labels = np.empty((nz, ny, nx), dtype=np.uint8)
     counts = np.zeros((nz, len(CT_LABELS)), dtype=np.int64)
@@ -499,6 +502,8 @@ def _quantize(
         stored = values.astype(np.int64) - int(intercept)
     else:
         stored = np.rint((values.astype(np.float64) - intercept) / slope)
+        if not np.isfinite(stored).all():
+            raise ValueError("volume holds NaN or infinite values, which DICOM cannot store")
     info = np.iinfo(dtype)
     lo, hi = stored.min(), stored.max()
     if lo < info.min or hi > info.max:
@@ -526,6 +531,37 @@ def _check_overrides(*maps: Mapping[str, object] | None) -> dict[str, object]:
                 raise ValueError(f"{kw} is set per image by write_series and cannot be overridden")
             out[kw] = value
     return out
+
+
+def _parse_date(value: object) -> _dt.date | None:
+    try:
+        return _dt.datetime.strptime(str(value), "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _study_datetime(overrides: Mapping[str, object]) -> _dt.datetime | None:
+    """StudyDate and StudyTime from the overrides, when they are valid DICOM DA and TM."""
+    date = _parse_date(overrides.get("StudyDate"))
+    if date is None:
+        return None
+    time = str(overrides.get("StudyTime") or "000000")
+    try:
+        t = _dt.datetime.strptime(time.split(".")[0].ljust(6, "0"), "%H%M%S").time()
+    except ValueError:
+        t = _dt.time()
+    return _dt.datetime.combine(date, t)
+
+
+def _set_age(ds: Dataset, when: _dt.datetime) -> None:
+    """PatientAge from PatientBirthDate at the study date (removed when unknown)."""
+    birth = _parse_date(ds.get("PatientBirthDate", ""))
+    if birth is None or birth > when.date():
+        if "PatientAge" in ds:
+            del ds.PatientAge
+        return
+    years = when.year - birth.year - ((when.month, when.day) < (birth.month, birth.day))
+    ds.PatientAge = f"{years:03d}Y"
 
 
 def _datetime(seed: int) -> _dt.datetime:
@@ -837,6 +873,7 @@ def write_series(
     ((48, 96, 96), array([0.     , 0.66987, 2.5    ]))
     """
     dest = Path(dest)
+    seed, tilt_deg = int(seed), float(tilt_deg)  # plain types, so that UIDs do not vary
     modality = modality.upper()
     if modality not in ("CT", "MR"):
         raise ValueError(f"modality must be 'CT' or 'MR', got {modality!r}")
@@ -943,7 +980,7 @@ def write_series(
     )
     pkey = repr(sorted((k, repr(v)) for k, v in {**(patient or {}), **(study or {})}.items()))
     study_uid = study_uid or str(_uid("study", seed, pkey))
-    when = _datetime(seed)
+    when = _study_datetime(overrides) or _datetime(seed)
     te = [2.5 + 5.0 * e for e in range(echoes)]
     template = _base_dataset(
         modality=modality,
@@ -963,6 +1000,8 @@ def write_series(
         echo_time=te[0],
     )
     _apply_overrides(template, overrides)
+    if "PatientAge" not in overrides:
+        _set_age(template, when)
 
     # Stored values and expected volumes, echo by echo.
     exp_dtype: np.dtype[Any]
@@ -1235,3 +1274,318 @@ def _enhanced(
 
 
 # --------------------------------------------------------------------------- archive
+
+#: Patients of :func:`generate_archive`: names as hospitals hold them, with the
+#: SpecificCharacterSet each is written in (None: the default repertoire).
+_PATIENTS: Final[tuple[tuple[str, str | list[str] | None, str], ...]] = (
+    ("Müller^Jürgen", "ISO_IR 100", "M"),
+    ("山田^太郎", "ISO_IR 192", "M"),
+    ("Li^Yu", None, "F"),
+    ("Ödegård^Åsa", "ISO_IR 100", "F"),
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"], "M"),
+    ("Núñez^José", "ISO_IR 192", "M"),
+    ("Διονυσιος", "ISO_IR 126", "M"),
+    ("Ng^A", None, "F"),
+    ("כהן^שרה", "ISO_IR 138", "F"),
+    ("Hong^Gildong=洪^吉洞=홍^길동", ["", "ISO 2022 IR 149"], "M"),
+    ("O'Brien^Siobhán", "ISO_IR 192", "F"),
+    ("Dupont-Lefèvre^Marie-Hélène", "ISO_IR 100", "F"),
+    ("Wang^XiaoDong=王^小东", "GB18030", "M"),
+    ("Smith^John^^Dr", None, "M"),
+)
+
+_CT_SCANNERS: Final = (
+    ("SIEMENS", "SOMATOM Force", ("Br40", "Br59")),
+    ("GE MEDICAL SYSTEMS", "Revolution CT", ("STANDARD", "LUNG")),
+    ("Philips", "Ingenuity CT", ("B", "YA")),
+)
+_MR_SCANNERS: Final = (
+    ("SIEMENS", "MAGNETOM Skyra"),
+    ("GE MEDICAL SYSTEMS", "SIGNA Premier"),
+    ("Philips", "Ingenia"),
+)
+_HOSPITALS: Final = ("St. Synthetic Hospital", "Universitätsklinikum Synthstadt")
+
+_CT_TRUTH: Final = ("lung_left_ml", "lung_right_ml", "lung_total_ml", "body_ml")
+_MR_TRUTH: Final = ("gray_matter_ml", "white_matter_ml", "brain_ml", "csf_ml", "head_ml")
+
+
+def _write_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Write one series of the archive and return its manifest row (runs in workers too)."""
+    info = write_series(**job["kwargs"])
+    row = {**job["row"], "StudyInstanceUID": info.study_uid, "SeriesInstanceUID": info.series_uid}
+    row["n_instances"] = len(info.paths)
+    row["n_slices"] = int(info.expected.shape[0])
+    row.update(info.ground_truth or {})
+    return row
+
+
+def _archive_jobs(
+    dest: Path,
+    n_patients: int,
+    seed: int,
+    ct_shape: tuple[int, int, int],
+    mr_shape: tuple[int, int, int],
+) -> list[dict[str, Any]]:
+    """Every series of the archive, as write_series arguments plus manifest fields."""
+    rng = np.random.default_rng([seed, 100])
+    first = _dt.date(2018, 1, 1)
+    span = (_dt.date(2024, 12, 31) - first).days
+    ct_spacing = (2.5, round(360.0 / ct_shape[1], 6), round(360.0 / ct_shape[2], 6))
+    mr_spacing = (5.0, round(230.0 / mr_shape[1], 6), round(230.0 / mr_shape[2], 6))
+    ids: set[str] = set()
+    accessions: set[str] = set()
+    jobs: list[dict[str, Any]] = []
+    for p in range(n_patients):
+        name, charset, sex = _PATIENTS[(p + seed) % len(_PATIENTS)]
+        pid = f"{int(rng.integers(1, 10**8)):08d}"
+        while pid in ids:
+            pid = f"{int(rng.integers(1, 10**8)):08d}"
+        ids.add(pid)
+        birth = _dt.date(int(rng.integers(1935, 2001)), int(rng.integers(1, 13)), 1)
+        birth += _dt.timedelta(days=int(rng.integers(0, 28)))
+        patient: dict[str, object] = {
+            "PatientName": name,
+            "PatientID": pid,
+            "IssuerOfPatientID": "SYNTH-MRN",
+            "PatientBirthDate": birth.strftime("%Y%m%d"),
+            "PatientSex": sex,
+            "SpecificCharacterSet": charset,
+        }
+        hospital = _HOSPITALS[int(rng.integers(len(_HOSPITALS)))]
+        if charset not in ("ISO_IR 100", "ISO_IR 192"):  # keep other texts encodable
+            hospital = hospital.encode("ascii", "replace").decode().replace("?", "ae")
+        n_studies = int(rng.integers(1, 4))
+        days = sorted(rng.choice(span + 1, size=n_studies, replace=False).tolist())
+        for s, day in enumerate(days):
+            when = _dt.datetime.combine(first + _dt.timedelta(days=day), _dt.time(7, 30))
+            when += _dt.timedelta(minutes=int(rng.integers(0, 10 * 60)))
+            accession = f"{int(rng.integers(10**9, 10**10))}"
+            while accession in accessions:
+                accession = f"{int(rng.integers(10**9, 10**10))}"
+            accessions.add(accession)
+            kind = rng.random()
+            with_ct, with_mr = kind < 0.75, kind >= 0.45
+            study: dict[str, object] = {
+                "StudyDate": when.strftime("%Y%m%d"),
+                "StudyTime": when.strftime("%H%M%S"),
+                "AccessionNumber": accession,
+                "StudyID": str(s + 1),
+                "StudyDescription": (
+                    "CT Thorax / MR Kopf" if with_ct and with_mr else "CT Thorax" if with_ct else "MR Kopf"
+                ),
+                "ReferringPhysicianName": "Synthetic^Referrer",
+                "InstitutionName": hospital,
+            }
+            study_uid = str(_uid("archive-study", seed, p, s))
+            anatomy = int(np.random.default_rng([seed, p, s]).integers(2**31))
+            common = {"dest": dest, "shuffle": True, "patient": patient, "study": study}
+            base_row = {
+                "PatientID": pid,
+                "PatientName": name,
+                "StudyDate": study["StudyDate"],
+                "AccessionNumber": accession,
+            }
+            number = 1
+            if with_ct:
+                maker, model, (soft, sharp) = _CT_SCANNERS[int(rng.integers(len(_CT_SCANNERS)))]
+                feet_first = bool(rng.random() < 0.3)
+                for_uid = str(_uid("archive-for", seed, p, s))
+                recons = [(ct_shape, ct_spacing, soft)]
+                if rng.random() < 0.4:  # a second reconstruction: thicker slices, lung kernel
+                    thick = (max(1, ct_shape[0] // 2), ct_shape[1], ct_shape[2])
+                    recons.append((thick, (ct_spacing[0] * 2, *ct_spacing[1:]), sharp))
+                for shape, spacing, kernel in recons:
+                    description = f"Thorax {spacing[0]:g} {kernel}"
+                    series: dict[str, object] = {
+                        "SeriesNumber": number + 1,
+                        "SeriesDescription": description,
+                        "ProtocolName": "Thorax Routine",
+                        "BodyPartExamined": "CHEST",
+                        "Manufacturer": maker,
+                        "ManufacturerModelName": model,
+                        "ConvolutionKernel": kernel,
+                        "FrameOfReferenceUID": for_uid,
+                    }
+                    jobs.append(
+                        {
+                            "kwargs": {
+                                **common,
+                                "modality": "CT",
+                                "shape": shape,
+                                "spacing": spacing,
+                                "feet_first": feet_first,
+                                "series": series,
+                                "study_uid": study_uid,
+                                "seed": anatomy,
+                            },
+                            "row": {
+                                **base_row,
+                                "Modality": "CT",
+                                "SeriesNumber": number + 1,
+                                "SeriesDescription": description,
+                                "BodyPartExamined": "CHEST",
+                                "Manufacturer": maker,
+                                "ManufacturerModelName": model,
+                                "ConvolutionKernel": kernel,
+                                "SliceThickness": spacing[0],
+                                "feet_first": feet_first,
+                            },
+                        }
+                    )
+                    number += 1
+            if with_mr:
+                maker, model = _MR_SCANNERS[int(rng.integers(len(_MR_SCANNERS)))]
+                series = {
+                    "SeriesNumber": number + 1,
+                    "SeriesDescription": "t1_mprage_tra",
+                    "ProtocolName": "Kopf T1 3D",
+                    "BodyPartExamined": "HEAD",
+                    "Manufacturer": maker,
+                    "ManufacturerModelName": model,
+                }
+                jobs.append(
+                    {
+                        "kwargs": {
+                            **common,
+                            "modality": "MR",
+                            "shape": mr_shape,
+                            "spacing": mr_spacing,
+                            "series": series,
+                            "study_uid": study_uid,
+                            "seed": anatomy,
+                        },
+                        "row": {
+                            **base_row,
+                            "Modality": "MR",
+                            "SeriesNumber": number + 1,
+                            "SeriesDescription": "t1_mprage_tra",
+                            "BodyPartExamined": "HEAD",
+                            "Manufacturer": maker,
+                            "ManufacturerModelName": model,
+                            "ConvolutionKernel": None,
+                            "SliceThickness": mr_spacing[0],
+                            "feet_first": False,
+                        },
+                    }
+                )
+    return jobs
+
+
+def generate_archive(
+    dest: Path | str,
+    *,
+    n_patients: int = 3,
+    seed: int = 0,
+    ct_shape: tuple[int, int, int] = (48, 96, 96),
+    mr_shape: tuple[int, int, int] = (32, 64, 64),
+    progress: bool = False,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """Write a synthetic hospital archive with known ground truth.
+
+    Each patient has 1-3 studies between 2018 and 2024; a study holds a chest
+    CT (some acquired feet first, sometimes with a second reconstruction of
+    thicker slices and a lung kernel), a head MR, or both.  Patients carry
+    names as hospitals hold them (accents, very short names, Japanese, Korean,
+    Chinese, Greek and Hebrew in their own character sets, including ISO 2022
+    escape sequences), 8-digit zero-padded PatientIDs, accession numbers, birth
+    dates and sexes; scanners come from several manufacturers.  Files lie under
+    hashed nested folders (``dest/ab/cd/abcd....dcm``) that say nothing about
+    the patient, study or series.
+
+    Parameters
+    ----------
+    dest : path-like
+        Root folder of the archive (created if needed).  Writing the same archive
+        twice into one folder raises ``FileExistsError``.
+    n_patients : int
+        Number of patients.
+    seed : int
+        Everything derives from it: equal seeds write identical archives.
+    ct_shape, mr_shape : tuple of int
+        ``(z, y, x)`` of the CT and MR series.  The field of view is fixed
+        (360 mm for CT, 230 mm for MR), so larger shapes mean finer voxels.
+    progress : bool
+        Show a tqdm progress bar over the series.
+    workers : int
+        Write series in this many processes (``spawn``); 1 writes in this one,
+        which is fastest for small archives.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest, one row per series: PatientID, PatientName,
+        StudyInstanceUID, SeriesInstanceUID, Modality, StudyDate,
+        AccessionNumber, SeriesNumber, SeriesDescription, BodyPartExamined,
+        Manufacturer, ManufacturerModelName, ConvolutionKernel, SliceThickness,
+        feet_first, n_instances, n_slices, and the phantom's ground truth
+        (``lung_*_ml`` and ``body_ml`` for CT, ``*_matter_ml``, ``brain_ml``,
+        ``csf_ml`` and ``head_ml`` for MR; NaN where it does not apply).  The
+        CT rows (without names) are also written to ``dest/ground_truth.csv``.
+
+    Examples
+    --------
+    >>> manifest = generate_archive(tmp_path, n_patients=2)  # doctest: +SKIP
+    >>> manifest.groupby("Modality").size()  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    if n_patients < 1:
+        raise ValueError(f"n_patients must be at least 1, got {n_patients}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    jobs = _archive_jobs(dest, n_patients, seed, ct_shape, mr_shape)
+    rows: list[dict[str, Any]]
+    with tqdm(total=len(jobs), desc="series", unit="series", disable=not progress) as bar:
+        if workers == 1:
+            rows = []
+            for job in jobs:
+                rows.append(_write_job(job))
+                bar.update()
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                rows = []
+                for row in pool.map(_write_job, jobs):  # keeps the job order
+                    rows.append(row)
+                    bar.update()
+    columns = [
+        "PatientID",
+        "PatientName",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "StudyDate",
+        "AccessionNumber",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "ConvolutionKernel",
+        "SliceThickness",
+        "feet_first",
+        "n_instances",
+        "n_slices",
+        *_CT_TRUTH,
+        *_MR_TRUTH,
+    ]
+    manifest = pd.DataFrame(rows).reindex(columns=columns)
+    truth_columns = [
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        *_CT_TRUTH,
+        "n_slices",
+        "SliceThickness",
+        "ConvolutionKernel",
+    ]
+    ct = manifest.loc[manifest["Modality"] == "CT", truth_columns]
+    ct.to_csv(dest / "ground_truth.csv", index=False, encoding="utf-8")
+    return manifest

@@ -119,7 +119,9 @@ class Volume:
                     seen[uid] = pydicom.dcmread(loc, stop_before_pixels=True)
         return list(seen.values())
 
-    def to_torch(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def to_torch(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """The voxels as a ``torch.Tensor`` ``[z, y, x]`` (shares memory on the CPU).
 
         Parameters

@@ -67,7 +67,10 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     [
         ('nmae = "x"\n', ["nmae", "not a known key"]),
         ('cache_max_bytes = "lots"\n', ["cache_max_bytes", "'lots'"]),
-        ('[[sources]]\nname = "p"\nkind = "dicomweb"\nurl = "ftp://x"\n', ["sources.0", "http:// or https://"]),
+        (
+            '[[sources]]\nname = "p"\nkind = "dicomweb"\nurl = "ftp://x"\n',
+            ["sources.0", "http:// or https://"],
+        ),
         ('[[sources]]\nname = "p"\nkind = "dimse"\nhost = "h"\n', ["port", "required"]),
         ('[[sources]]\nname = "p"\nkind = "tape"\n', ["sources.0", "tape"]),
         ("name = [", ["not valid TOML"]),

@@ -56,8 +56,9 @@ def test_every_readable_file_is_indexed_and_the_rest_recorded(indexed: jip.Site)
 def test_names_decoded_per_specific_character_set(indexed: jip.Site, file: str, name: str) -> None:
     path = get_charset_files(file)[0]
     rows = indexed.find_instances(SOPInstanceUID=pydicom.dcmread(path).SOPInstanceUID)
-    patient = indexed.find_patients(PatientID=indexed.find_series(
-        SeriesInstanceUID=rows.SeriesInstanceUID.iloc[0]).PatientID.iloc[0])
+    patient = indexed.find_patients(
+        PatientID=indexed.find_series(SeriesInstanceUID=rows.SeriesInstanceUID.iloc[0]).PatientID.iloc[0]
+    )
     assert name in set(patient.PatientName)
 
 
@@ -174,8 +175,10 @@ def test_interrupted_ingest_loses_nothing(tmp_path: Path) -> None:
     cfg.write_text(f'index_path = "{tmp_path / "i.sqlite"}"\nworkers = 1\n')
     env = {**os.environ, "JIP_CONFIG": str(cfg)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jipkit.cli", "-q", "index", str(folder)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "jipkit.cli", "-q", "index", str(folder)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     db = tmp_path / "i.sqlite"
     deadline = time.monotonic() + 60

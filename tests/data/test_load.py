@@ -68,7 +68,9 @@ def assert_matches_sitk(vol: jip.Volume, img: sitk.Image) -> None:
     ],
     ids=["axial", "feet-first", "sagittal", "coronal-ff", "oblique"],
 )
-def test_geometry_matches_truth_and_simpleitk(site: jip.Site, tmp_path: Path, geometry: dict[str, Any]) -> None:
+def test_geometry_matches_truth_and_simpleitk(
+    site: jip.Site, tmp_path: Path, geometry: dict[str, Any]
+) -> None:
     info = write_series(tmp_path / "s", shape=SMALL, spacing=(2.0, 0.7, 0.9), **geometry)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a regular series loads without warnings
@@ -81,7 +83,9 @@ def test_geometry_matches_truth_and_simpleitk(site: jip.Site, tmp_path: Path, ge
     np.testing.assert_allclose(vol.spacing, info.spacing, atol=1e-6)
     assert_matches_sitk(vol, sitk_read(info.paths))
     # every slice position is where the affine says it is
-    np.testing.assert_allclose(vol.index_to_lps([[k, 0, 0] for k in range(vol.shape[0])]), info.positions, atol=1e-4)
+    np.testing.assert_allclose(
+        vol.index_to_lps([[k, 0, 0] for k in range(vol.shape[0])]), info.positions, atol=1e-4
+    )
 
 
 def test_order_ignores_file_names_and_instance_numbers(site: jip.Site, tmp_path: Path) -> None:
@@ -98,7 +102,9 @@ def test_gantry_tilt_is_reported_and_affine_sheared(site: jip.Site, tmp_path: Pa
     with pytest.warns(jip.GeometryWarning, match=r"Gantry tilt of 15\.0"):
         vol = load_written(site, info)
     np.testing.assert_allclose(vol.affine, info.affine, atol=1e-4)
-    np.testing.assert_allclose(vol.index_to_lps([[k, 0, 0] for k in range(vol.shape[0])]), info.positions, atol=1e-4)
+    np.testing.assert_allclose(
+        vol.index_to_lps([[k, 0, 0] for k in range(vol.shape[0])]), info.positions, atol=1e-4
+    )
     np.testing.assert_array_equal(vol.array, info.expected)
 
 
@@ -263,3 +269,20 @@ def test_to_torch_and_lazy(site: jip.Site, tmp_path: Path) -> None:
     np.testing.assert_array_equal(lazy[3:5].compute(), info.expected[3:5])
     got = list(site.iter_series([info.series_uid], progress=False))
     assert got[0][0] == info.series_uid
+
+
+def test_torch_dataset_over_a_cohort(site: jip.Site, tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from jipkit.data.torch import SeriesDataset
+
+    infos = [write_series(tmp_path / f"s{i}", shape=(4, 16, 16), seed=i) for i in range(3)]
+    site.index_paths([tmp_path], progress=False)
+    cohort = site.find_series(Modality="CT")
+    ds = SeriesDataset(site, cohort)
+    assert len(ds) == 3
+    by_uid = {i.series_uid: i for i in infos}
+    for item in DataLoader(ds, batch_size=1):
+        uid = item["SeriesInstanceUID"][0]
+        np.testing.assert_array_equal(item["image"][0, 0].numpy(), by_uid[uid].expected)
+        np.testing.assert_allclose(item["affine"][0].numpy(), by_uid[uid].affine, atol=1e-4)

@@ -17,8 +17,16 @@ ROWS = [
     ("20201231", "080000", "CT", "Abdomen", "Yamada^Tarou=山田^太郎=やまだ^たろう", None, "1.2.3.4", 10),
     ("20210101", "1200", "PT", "[PET] WB", "Li^Yu", "A5", "1.2.3.5", 11),
 ]
-COLS = ["StudyDate", "StudyTime", "Modality", "SeriesDescription", "PatientName", "AccessionNumber",
-        "SeriesInstanceUID", "SeriesNumber"]
+COLS = [
+    "StudyDate",
+    "StudyTime",
+    "Modality",
+    "SeriesDescription",
+    "PatientName",
+    "AccessionNumber",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+]
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,12 @@ independently of the writer's own bookkeeping.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -27,6 +29,7 @@ from jipkit.data.synth import (
     CT_LABELS,
     MR_LABELS,
     SeriesInfo,
+    generate_archive,
     phantom_ct,
     phantom_ct_labels,
     phantom_mr,
@@ -497,3 +500,147 @@ def test_series_info_is_frozen(tmp_path: Path) -> None:
     with pytest.raises(AttributeError):
         info.series_uid = "1.2"  # type: ignore[misc]
     assert info.transfer_syntax == ExplicitVRLittleEndian
+
+
+# --------------------------------------------------------------------------- archive
+
+ARCHIVE_CT, ARCHIVE_MR = (8, 40, 36), (6, 24, 20)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """Fourteen patients: every name in the generator's list once."""
+    root = tmp_path_factory.mktemp("archive")
+    manifest = generate_archive(root, n_patients=14, seed=0, ct_shape=ARCHIVE_CT, mr_shape=ARCHIVE_MR)
+    return root, manifest
+
+
+def _headers(root: Path) -> list[tuple[Path, Dataset]]:
+    return [(p, pydicom.dcmread(p, stop_before_pixels=True)) for p in sorted(root.rglob("*.dcm"))]
+
+
+def test_archive_manifest_matches_the_files(archive: tuple[Path, pd.DataFrame]) -> None:
+    root, manifest = archive
+    headers = _headers(root)
+    assert len(headers) == manifest["n_instances"].sum()
+    by_series: dict[str, list[Dataset]] = {}
+    for _, ds in headers:
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    assert set(by_series) == set(manifest["SeriesInstanceUID"])
+    for row in manifest.itertuples():
+        files = by_series[str(row.SeriesInstanceUID)]
+        assert len(files) == row.n_instances
+        ds = files[0]
+        assert str(ds.PatientName) == row.PatientName
+        assert ds.PatientID == row.PatientID
+        assert ds.StudyInstanceUID == row.StudyInstanceUID
+        assert ds.Modality == row.Modality and ds.StudyDate == row.StudyDate
+        assert ds.BodyPartExamined == row.BodyPartExamined
+        assert ds.Manufacturer == row.Manufacturer
+        assert len({str(f.StudyInstanceUID) for f in files}) == 1
+    # a patient is one ID with one name; 1-3 studies each, dated 2018-2024
+    assert manifest.groupby("PatientID")["PatientName"].nunique().eq(1).all()
+    studies = manifest.groupby("PatientID")["StudyInstanceUID"].nunique()
+    assert studies.between(1, 3).all() and len(studies) == 14
+    assert manifest["StudyDate"].between("20180101", "20241231").all()
+    assert manifest["PatientID"].str.fullmatch(r"\d{8}").all()
+    accessions = manifest.groupby("StudyInstanceUID")["AccessionNumber"].unique()
+    assert accessions.map(len).eq(1).all() and manifest["AccessionNumber"].nunique() == len(accessions)
+    assert {"CT", "MR"} == set(manifest["Modality"])
+    assert manifest["feet_first"].any() and not manifest["feet_first"].all()
+    assert manifest["Manufacturer"].nunique() >= 2
+
+
+def test_archive_paths_say_nothing_about_patients(archive: tuple[Path, pd.DataFrame]) -> None:
+    root, manifest = archive
+    paths = [p.relative_to(root) for p in root.rglob("*.dcm")]
+    assert all(len(p.parts) == 3 for p in paths)  # ab/cd/<hash>.dcm
+    text = "\n".join(map(str, paths))
+    for name, pid in zip(manifest["PatientName"], manifest["PatientID"], strict=True):
+        assert pid not in text
+        assert all(part not in text for part in name.replace("=", "^").split("^") if part)
+
+
+def test_archive_names_and_character_sets(archive: tuple[Path, pd.DataFrame]) -> None:
+    root, manifest = archive
+    names = set(manifest["PatientName"])
+    for expected in ("Müller^Jürgen", "Ng^A", "Li^Yu", "山田^太郎", "Διονυσιος", "Núñez^José"):
+        assert expected in names
+    charsets = {}
+    for p, ds in _headers(root):
+        value = ds.get("SpecificCharacterSet", "")
+        charsets[str(ds.PatientName)] = (p, value if isinstance(value, str) else tuple(value))
+    path, charset = charsets["Yamada^Tarou=山田^太郎=やまだ^たろう"]
+    assert charset == ("", "ISO 2022 IR 87")
+    raw = pydicom.dcmread(path, specific_tags=["PatientName"]).get_item("PatientName").value
+    assert b"\x1b$B" in raw  # the ideographic group is escaped into JIS X 0208
+    assert charsets["Διονυσιος"][1] == "ISO_IR 126"
+    assert charsets["Li^Yu"][1] == ""
+
+
+def test_archive_ground_truth_csv(archive: tuple[Path, pd.DataFrame]) -> None:
+    root, manifest = archive
+    truth = pd.read_csv(root / "ground_truth.csv", dtype={"PatientID": str})
+    ct = manifest[manifest["Modality"] == "CT"].reset_index(drop=True)
+    assert len(truth) == len(ct)
+    assert truth["PatientID"].tolist() == ct["PatientID"].tolist()
+    assert truth["SeriesInstanceUID"].tolist() == ct["SeriesInstanceUID"].tolist()
+    for col in ("lung_left_ml", "lung_right_ml", "lung_total_ml", "body_ml"):
+        assert np.allclose(truth[col], ct[col])
+    assert "PatientName" not in truth
+    assert (truth["lung_left_ml"] + truth["lung_right_ml"]).round(6).equals(truth["lung_total_ml"].round(6))
+    # lung volumes differ between patients
+    assert truth.groupby("PatientID")["lung_total_ml"].first().nunique() > 5
+    # some studies hold a second, thicker reconstruction in the same frame of reference
+    per_study = ct.groupby("StudyInstanceUID").size()
+    assert per_study.max() == 2 and per_study.min() == 1
+    mr = manifest[manifest["Modality"] == "MR"]
+    assert mr["brain_ml"].gt(0).all() and mr["lung_total_ml"].isna().all()
+
+
+def test_archive_ground_truth_matches_the_pixels(archive: tuple[Path, pd.DataFrame]) -> None:
+    """Count lung voxels in the DICOM pixels, split into left and right by LPS x."""
+    root, manifest = archive
+    uid = manifest.loc[manifest["Modality"] == "CT", "SeriesInstanceUID"].iloc[0]
+    row = manifest.set_index("SeriesInstanceUID").loc[uid]
+    paths = [p for p, ds in _headers(root) if ds.SeriesInstanceUID == uid]
+    files = _read_sorted(paths)
+    hu = _volume(files)
+    ds = files[0]
+    ml = float(ds.SliceThickness) * float(ds.PixelSpacing[0]) * float(ds.PixelSpacing[1]) / 1000
+    x0, dx = float(ds.ImagePositionPatient[0]), float(ds.PixelSpacing[1])
+    x = x0 + dx * np.arange(hu.shape[2])
+    inside = np.zeros(hu.shape, bool)
+    for k in range(hu.shape[0]):  # lungs: dark voxels enclosed by the body in their row
+        body = hu[k] > -500
+        first = np.where(body.any(axis=1), body.argmax(axis=1), hu.shape[2])
+        last = np.where(body.any(axis=1), hu.shape[2] - 1 - body[:, ::-1].argmax(axis=1), -1)
+        cols = np.arange(hu.shape[2])
+        inside[k] = (cols >= first[:, None]) & (cols <= last[:, None])
+    lungs = inside & (hu < -500)
+    assert lungs[:, :, x > 0].sum() * ml == pytest.approx(row["lung_left_ml"])
+    assert lungs[:, :, x < 0].sum() * ml == pytest.approx(row["lung_right_ml"])
+    assert (hu > -500).sum() * ml + lungs.sum() * ml == pytest.approx(row["body_ml"])
+
+
+def test_archive_is_deterministic_and_fast(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    a = generate_archive(tmp_path / "a", n_patients=3, seed=7)  # default shapes
+    elapsed = time.perf_counter() - start
+    assert elapsed < 5.0, f"3 patients took {elapsed:.1f} s"
+    b = generate_archive(tmp_path / "b", n_patients=3, seed=7, ct_shape=ARCHIVE_CT, mr_shape=ARCHIVE_MR)
+    c = generate_archive(
+        tmp_path / "c",
+        n_patients=3,
+        seed=7,
+        ct_shape=ARCHIVE_CT,
+        mr_shape=ARCHIVE_MR,
+        workers=2,
+        progress=True,
+    )
+    assert _tree(tmp_path / "b") == _tree(tmp_path / "c")
+    pd.testing.assert_frame_equal(b, c)
+    assert a["SeriesInstanceUID"].tolist() != b["SeriesInstanceUID"].tolist()  # other shapes
+    assert a["PatientID"].tolist() == b["PatientID"].tolist()  # same patients and studies
+    d = generate_archive(tmp_path / "d", n_patients=3, seed=8, ct_shape=ARCHIVE_CT, mr_shape=ARCHIVE_MR)
+    assert not set(d["SeriesInstanceUID"]) & set(b["SeriesInstanceUID"])

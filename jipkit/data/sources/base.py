@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from jipkit.data.schema import Level
 
@@ -39,9 +39,7 @@ class Source(Protocol):
         PACSUnavailableError, PACSTimeoutError, PACSAuthError
         """
 
-    def find(
-        self, level: Level, keys: Mapping[str, str], fields: Sequence[str] = ()
-    ) -> list[dict[str, Any]]:
+    def find(self, level: Level, keys: Mapping[str, str], fields: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Query at ``level`` with DICOM matching keys; return one dict per match.
 
         Each dict holds the matched keys, the requested ``fields`` the source could
@@ -70,8 +68,8 @@ class ConcurrencyLimit:
     the process, so that parallel loads cannot overwhelm a production PACS.
     """
 
-    _registry: dict[str, ConcurrencyLimit] = {}
-    _lock = threading.Lock()
+    _registry: ClassVar[dict[str, ConcurrencyLimit]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, n: int):
         self.n = n

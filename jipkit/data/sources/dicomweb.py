@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.message
 import json
+import logging
 import os
 import re
 import threading
@@ -48,7 +49,9 @@ from jipkit.errors import (
     UnknownKeywordError,
 )
 
-__all__ = ["DicomwebSource"]
+__all__ = ["ACCEPT_DICOM", "DicomwebSource", "json_value"]
+
+_log = logging.getLogger(__name__)
 
 #: WADO-RS media type for whole instances, in the transfer syntax they are stored in.
 ACCEPT_DICOM: Final = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -78,9 +81,13 @@ def _is_uid(value: str) -> bool:
 
 
 def _format_number(value: Any) -> str:
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-    return str(value)
+    """A number as DICOM text: integral values without a decimal point."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(int(value))
+    number = float(value)
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return repr(number)
 
 
 def _person_name(value: Any) -> str:
@@ -383,11 +390,14 @@ class DicomwebSource:
                 continue
             try:
                 row[keyword] = json_value(element)
-            except (TypeError, ValueError, AttributeError) as err:
-                raise PACSProtocolError(
-                    f"{what}: {self._where(self.url)} returned {keyword} in a form DICOM JSON "
-                    f"does not allow ({err})."
-                ) from err
+            except (TypeError, ValueError, AttributeError):
+                _log.warning(
+                    "%s: %s returned %s in a form DICOM JSON does not allow; it is returned as None",
+                    what,
+                    self._where(self.url),
+                    keyword,
+                )
+                row[keyword] = None
         return row
 
     def find(self, level: Level, keys: Mapping[str, str], fields: Sequence[str] = ()) -> list[dict[str, Any]]:

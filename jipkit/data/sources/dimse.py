@@ -16,6 +16,7 @@ per transfer syntax, so that instances arrive as stored; each is written as rece
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -70,7 +71,9 @@ from jipkit.errors import (
     UnknownKeywordError,
 )
 
-__all__ = ["STORAGE_TRANSFER_SYNTAXES", "DimseSource"]
+__all__ = ["STORAGE_TRANSFER_SYNTAXES", "DimseSource", "element_value"]
+
+_log = logging.getLogger(__name__)
 
 #: Transfer syntaxes offered for each SOP class during C-GET, one presentation context
 #: each after the first (both uncompressed ones), so the PACS can send as stored.
@@ -113,6 +116,16 @@ _REJECT_REASONS: Final[dict[tuple[int, int], str]] = {
 
 def _is_uid(value: str) -> bool:
     return len(value) <= 64 and _UID.match(value) is not None
+
+
+def _format_number(value: Any) -> str:
+    """A number as DICOM text: integral values without a decimal point."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(int(value))
+    number = float(value)
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return repr(number)
 
 
 def _vr(keyword: str) -> str:
@@ -171,6 +184,9 @@ def element_value(elem: DataElement | None) -> Any:
         if len(value) == 0:
             return None
         if len(value) > 1:
+            if elem.VR in _INT_VRS or elem.VR in _FLOAT_VRS:
+                # as DICOM JSON carries them, so DIMSE and DICOMweb sources agree
+                return "\\".join("" if v in (None, "") else _format_number(v) for v in value)
             return "\\".join("" if v is None else str(v) for v in value) or None
         value = value[0]
     if isinstance(value, PersonName):
@@ -523,17 +539,26 @@ class DimseSource:
                     raise PACSProtocolError(
                         f"{what}: {self._where()} sent a match that could not be decoded."
                     )
-                try:
-                    rows.append({k: element_value(identifier.data_element(k)) for k in wanted})
-                except (TypeError, ValueError) as err:
-                    raise PACSProtocolError(
-                        f"{what}: {self._where()} sent a value that does not fit its VR ({err})."
-                    ) from err
+                rows.append({k: self._value(identifier, k, what) for k in wanted})
                 continue
             if code == 0x0000:
                 return rows
             self._raise_status(code, status, what)
         self._raise_lost(assoc, watch, what)
+
+    def _value(self, identifier: Dataset, keyword: str, what: str) -> Any:
+        """One attribute of a match; None (and a logged warning) when it is not valid."""
+        try:
+            return element_value(identifier.data_element(keyword))
+        except (TypeError, ValueError, LookupError, AttributeError):
+            # e.g. a DS whose backslashes a PACS turned into yen signs (ISO 2022 IR 13)
+            _log.warning(
+                "%s: %s sent a value of %s that is not valid for its VR; it is returned as None",
+                what,
+                self._where(),
+                keyword,
+            )
+            return None
 
     def _raise_status(self, code: int, status: Dataset, what: str) -> NoReturn:
         comment = status.get("ErrorComment")
