@@ -17,7 +17,12 @@
     │   ├── PACSTimeoutError           (also TimeoutError) it did not answer in time
     │   ├── PACSAuthError              (also PermissionError) it refused our credentials
     │   └── PACSProtocolError          it answered, but not as the standard says
-    └── CacheError                     the local cache of retrieved series cannot be used
+    ├── CacheError                     the local cache of retrieved series cannot be used
+    └── FederationError                the federation (coordinator, runner) refused or failed
+        ├── NotebookError              a notebook is malformed (no parameters cell, bad JSON)
+        │   └── ParameterError         run parameters do not fit the notebook's parameter schema
+        ├── SignatureError             a signature is missing, wrong, or by an unknown key
+        └── CoordinatorError           the coordinator answered with an error
 
 Every message says what was expected, what was found, and what to do.  Each class
 carries a fixed ``reason`` code: the only thing about a failure that may leave a
@@ -30,6 +35,11 @@ __all__ = [
     "AmbiguousSeriesError",
     "CacheError",
     "ConfigError",
+    "CoordinatorError",
+    "FederationError",
+    "NotebookError",
+    "ParameterError",
+    "SignatureError",
     "DicomFileError",
     "JipError",
     "MixedSeriesError",
@@ -163,6 +173,46 @@ class CacheError(JipError):
     """The local cache of retrieved series cannot be used."""
 
     reason = "cache_error"
+
+
+class FederationError(JipError):
+    """The federation (coordinator or runner) refused a request or failed."""
+
+    reason = "federation_error"
+
+
+class NotebookError(FederationError):
+    """A notebook is malformed: not nbformat 4, no parameters cell, unparsable parameters."""
+
+    reason = "notebook_invalid"
+
+
+class ParameterError(NotebookError):
+    """Run parameters do not fit the approved notebook's parameter schema."""
+
+    reason = "parameters_invalid"
+
+
+class SignatureError(FederationError):
+    """A signature is missing or wrong, or made by a key that is not trusted."""
+
+    reason = "signature_invalid"
+
+
+class CoordinatorError(FederationError):
+    """The coordinator answered with an error.
+
+    Attributes
+    ----------
+    status : int
+        The HTTP status code (0 when there was no answer).
+    """
+
+    reason = "coordinator_error"
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
 
 
 for _cls in list(globals().values()):

@@ -53,17 +53,17 @@ def open_source(config: FolderSourceConfig | DicomwebSourceConfig | DimseSourceC
     ConfigError
         The kind is unknown, or a secret's environment variable is not set.
     """
-    if isinstance(config, DicomwebSourceConfig):
+    kind = getattr(config, "kind", None)
+    if kind == "dicomweb" and isinstance(config, DicomwebSourceConfig):
         from jipkit.data.sources.dicomweb import DicomwebSource
 
         return DicomwebSource(config)
-    if isinstance(config, DimseSourceConfig):
+    if kind == "dimse" and isinstance(config, DimseSourceConfig):
         from jipkit.data.sources.dimse import DimseSource
 
         return DimseSource(config)
-    if isinstance(config, FolderSourceConfig):
+    if kind == "folder" and isinstance(config, FolderSourceConfig):
         return FolderSource(config)
-    kind = getattr(config, "kind", type(config).__name__)
     raise ConfigError(
         f"Unknown data source kind {kind!r}: expected 'dicomweb', 'dimse' or 'folder'. Fix kind "
         "in the site configuration."

@@ -182,8 +182,10 @@ class DicomwebSource:
         The server's URL (the DICOMweb root, e.g. ``https://pacs.example.org/dicom-web``),
         credentials, CA bundle, timeouts, page size and concurrency limit.
     session : requests.Session, optional
-        The session to send requests through (for proxies, extra adapters or tests).
-        Its authentication and TLS settings are replaced by the configuration's.
+        The session to send requests through (for proxies, extra adapters or tests);
+        it is used as given, and closed by :meth:`close`.  Credentials and TLS
+        verification come from ``config`` on every request.  By default a new session
+        with a connection pool of ``max_concurrent`` connections.
 
     Raises
     ------
@@ -205,20 +207,19 @@ class DicomwebSource:
         self._timeout = (config.timeout, config.timeout)
         self._limit = ConcurrencyLimit.for_source(f"dicomweb:{self._public}", config.max_concurrent)
         self._accept_dicom = ACCEPT_DICOM
-        self._session = session if session is not None else requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=2, pool_maxsize=max(config.max_concurrent, 2)
-        )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        if session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(config.max_concurrent, 2))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self._session = session
         auth = config.auth
+        self._auth: requests.auth.AuthBase | tuple[str, str] | None = None
         if isinstance(auth, BasicAuth):
-            self._session.auth = (auth.username, auth.secret())
+            self._auth = (auth.username, auth.secret())
         elif isinstance(auth, BearerAuth):
-            self._session.auth = _BearerAuth(auth.secret())
-        else:
-            self._session.auth = None
-        self._session.verify = str(config.ca_bundle) if config.ca_bundle is not None else True
+            self._auth = _BearerAuth(auth.secret())
+        self._verify: str | bool = str(config.ca_bundle) if config.ca_bundle is not None else True
 
     def __repr__(self) -> str:
         return f"DicomwebSource(name={self.name!r}, url={self._public!r})"
@@ -323,6 +324,8 @@ class DicomwebSource:
                     url,
                     params=list(params),
                     headers={"Accept": accept},
+                    auth=self._auth,
+                    verify=self._verify,
                     timeout=self._timeout,
                     stream=stream,
                     allow_redirects=True,

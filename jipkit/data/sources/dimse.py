@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -209,6 +210,14 @@ class _Watch:
     def on_open(self, event: evt.Event) -> None:
         self.connected = True
         self.last_activity = time.monotonic()
+        # pynetdicom leaves Nagle's algorithm on: each C-FIND then waits for a delayed
+        # ACK (about 40 ms on Linux).  Turning it off halves a query against Orthanc.
+        try:
+            sock = event.assoc.dul.socket.socket  # type: ignore[union-attr]
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):  # pragma: no cover - TLS or a changed pynetdicom
+            pass
 
     def on_recv(self, event: evt.Event) -> None:
         self.last_activity = time.monotonic()
