@@ -110,11 +110,19 @@ class Method:
     prepare: Callable[[], object] | None = None
 
 
-def interleave(methods: Sequence[Method], rounds: int, warmup: bool = False) -> dict[str, list[float]]:
+def interleave(
+    methods: Sequence[Method],
+    rounds: int,
+    *,
+    warmup: bool = False,
+    on_round: Callable[[int], object] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per round of each method, run in turn (order rotated every round).
 
     Interleaving spreads the machine's slow spells over every method; comparing them
     round by round (:func:`speedup`) cancels drifts that last longer than a round.
+    ``warmup`` runs each method once, untimed, first; ``on_round(r)`` is called before
+    round ``r``.
     """
     times: dict[str, list[float]] = {m.name: [] for m in methods}
     if warmup:
@@ -123,6 +131,8 @@ def interleave(methods: Sequence[Method], rounds: int, warmup: bool = False) -> 
                 m.prepare()
             m.run()
     for r in range(rounds):
+        if on_round is not None:
+            on_round(r)
         shift = r % len(methods)
         for m in [*methods[shift:], *methods[:shift]]:
             if m.prepare is not None:

@@ -311,19 +311,24 @@ class DicomwebSource:
         *,
         params: Sequence[tuple[str, str]] = (),
         accept: str = ACCEPT_JSON,
+        encoding: str | None = None,
         stream: bool = False,
         ok_statuses: tuple[int, ...] = (),
     ) -> Iterator[requests.Response]:
         """GET ``url`` holding a concurrency slot until the body has been read.
 
-        Statuses in ``ok_statuses`` are handed to the caller instead of raised.
+        Statuses in ``ok_statuses`` are handed to the caller instead of raised;
+        ``encoding`` replaces the default ``Accept-Encoding`` (gzip, deflate).
         """
+        headers = {"Accept": accept}
+        if encoding is not None:
+            headers["Accept-Encoding"] = encoding
         with self._limit.slot():
             try:
                 r = self._session.get(
                     url,
                     params=list(params),
-                    headers={"Accept": accept},
+                    headers=headers,
                     auth=self._auth,
                     verify=self._verify,
                     timeout=self._timeout,
@@ -608,7 +613,11 @@ class DicomwebSource:
         final = dest / f"{sop_uid}.dcm"
         for accept in dict.fromkeys((self._accept_dicom, ACCEPT_DICOM_DEFAULT)):
             retry = (406,) if accept == ACCEPT_DICOM else ()
-            with self._get(url, what, accept=accept, stream=True, ok_statuses=retry) as r:
+            # identity: servers gzip on the fly when allowed, which made Orthanc 15 times
+            # slower on uncompressed CT (35 ms instead of 2.3 ms for a 512x512 image)
+            with self._get(
+                url, what, accept=accept, encoding="identity", stream=True, ok_statuses=retry
+            ) as r:
                 if r.status_code == 406:
                     # the server will not send instances as stored: take its default syntax
                     self._accept_dicom = ACCEPT_DICOM_DEFAULT
