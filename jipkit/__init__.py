@@ -12,6 +12,7 @@ from __future__ import annotations
 from jipkit.config import SiteConfig, load_config
 from jipkit.data.site import Site, connect
 from jipkit.data.volume import GeometryWarning, Volume
+from jipkit.metrics import record
 from jipkit.errors import (
     AmbiguousSeriesError,
     CacheError,
@@ -56,6 +57,7 @@ __all__ = [
     "VolumeError",
     "connect",
     "load_config",
+    "record",
 ]
 
 for _name in ("Site", "SiteConfig", "Volume", "connect", "load_config"):

@@ -26,7 +26,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     for k in list(os.environ):
         if k.startswith("JIP_"):
             monkeypatch.delenv(k)
-    home = tmp_path_factory.getbasetemp() / "home"
+    home = tmp_path_factory.mktemp("home")  # per test: no test sees another's user files
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))

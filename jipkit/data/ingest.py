@@ -26,6 +26,8 @@ from jipkit.data.index import Index
 __all__ = ["IngestReport", "index_paths"]
 
 _SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
+#: Suffixes of files that sit beside DICOM exports and are never DICOM themselves.
+_SKIP_SUFFIXES = (".csv", ".txt", ".json", ".md", ".xml", ".html", ".log", ".ini", ".toml", ".yaml", ".yml")
 _BATCH = 500
 
 
@@ -63,7 +65,7 @@ def _walk(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name in _SKIP_NAMES or name.startswith(".") or name.endswith(".part"):
+            if name in _SKIP_NAMES or name.startswith(".") or name.endswith((".part", *_SKIP_SUFFIXES)):
                 continue
             yield Path(dirpath, name)
 

@@ -139,7 +139,8 @@ def test_incremental_reindex_notices_changes_and_removals(tmp_site: SiteConfig, 
     site = jip.connect(tmp_site)
     folder = tmp_path / "export"
     files = _series_files(folder, 6)
-    (folder / "notes.txt").write_text("not DICOM")
+    (folder / "notes.txt").write_text("skipped: never DICOM")
+    (folder / "README").write_text("not DICOM")
     truncated = folder / "truncated.dcm"
     truncated.write_bytes(files[0].read_bytes()[:-40])
     first = site.index_paths([folder], progress=False)

@@ -20,8 +20,9 @@ def make_site(tmp_path: Path, data: OrthancData, kind: str, **overrides: object)
     srv = data.server
     source = srv.dicomweb_config(**overrides) if kind == "dicomweb" else srv.dimse_config(**overrides)
     return jip.connect(
-        SiteConfig(name="pacs-site", index_path=tmp_path / "i.sqlite", cache_dir=tmp_path / "cache",
-                   sources=[source])
+        SiteConfig(
+            name="pacs-site", index_path=tmp_path / "i.sqlite", cache_dir=tmp_path / "cache", sources=[source]
+        )
     )
 
 

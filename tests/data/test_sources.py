@@ -10,6 +10,9 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,8 @@ import pytest
 import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, build_context
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from jipkit.config import BasicAuth, BearerAuth, DicomwebSourceConfig, DimseSourceConfig, FolderSourceConfig
@@ -55,7 +59,7 @@ class CountingSession(requests.Session):
         self.max_active = 0
         self._lock = threading.Lock()
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         with self._lock:
             self.urls.append(str(url))
             self.active += 1
@@ -253,7 +257,7 @@ def test_dicomweb_concurrency_limit_shared_across_clients(
         fb = pool.submit(b.retrieve_series, mr.study_uid, mr.series_uid, tmp_path / "mr")
         assert len(fa.result()) == len(ct.sop_uids) and len(fb.result()) == len(mr.sop_uids)
     assert session.max_active == 2  # reached, never exceeded
-    assert ConcurrencyLimit.for_source(f"dicomweb:{data.server.dicomweb_url}", 2) is a._limit
+    assert a._limit is b._limit is ConcurrencyLimit.for_source(f"dicomweb:{cfg.url}", 2)
 
 
 # --- DICOMweb: what Orthanc cannot show ------------------------------------------------------
@@ -286,6 +290,10 @@ class _FakeDicomweb(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         type(self).seen.append((self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/slow/"):
+            time.sleep(0.6)  # longer than the client's timeout
+            self.close_connection = True
+            return
         if self.headers.get("Authorization") != f"Bearer {self.token}":
             self.send_response(401)
             self.send_header("Content-Length", "0")
@@ -293,12 +301,17 @@ class _FakeDicomweb(http.server.BaseHTTPRequestHandler):
             return
         path = self.path.split("?")[0]
         if path.endswith("/instances"):
-            payload = json.dumps([{"00080018": {"vr": "UI", "Value": [self.sop]}}]).encode()
+            sops = [self.sop, "1.2.3.999"] if "/series/9.9/" in path else [self.sop]
+            payload = json.dumps([{"00080018": {"vr": "UI", "Value": [sop]}} for sop in sops]).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/dicom+json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
+        elif path.endswith("1.2.3.999"):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif path.endswith(self.sop):
             boundary = "fake-boundary"
             self.send_response(200)
@@ -349,6 +362,57 @@ def test_dicomweb_bearer_token_goes_in_the_header(
     with DicomwebSource(cfg) as src, pytest.raises(PACSAuthError) as info:
         src.echo()
     assert "expired" not in str(info.value)
+
+
+def test_dicomweb_failed_instance_leaves_no_part_file(
+    fake_dicomweb: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_PACS_TOKEN", _FakeDicomweb.token)
+    cfg = DicomwebSourceConfig(name="fake", url=fake_dicomweb, auth=BearerAuth(token_env="FAKE_PACS_TOKEN"))
+    with DicomwebSource(cfg) as src, pytest.raises(PACSUnavailableError, match=r"1\.2\.3\.999.*503"):
+        src.retrieve_series("1.2.3", "9.9", tmp_path)
+    assert not list(tmp_path.glob("*.part"))
+    assert {p.name for p in tmp_path.iterdir()} <= {f"{_FakeDicomweb.sop}.dcm"}
+
+
+def test_dicomweb_tls_uses_the_site_ca_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "site-ca.pem", tmp_path / "key.pem"
+    args = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1"
+    args += " -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run([openssl, *args.split(), "-keyout", key, "-out", cert], check=True, capture_output=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeDicomweb)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    monkeypatch.setenv("FAKE_PACS_TOKEN", _FakeDicomweb.token)
+    url = f"https://127.0.0.1:{server.server_address[1]}/dicom-web"
+    auth = BearerAuth(token_env="FAKE_PACS_TOKEN")
+    try:
+        untrusted = DicomwebSourceConfig(name="tls", url=url, auth=auth)
+        with DicomwebSource(untrusted) as src, pytest.raises(PACSUnavailableError, match="ca_bundle"):
+            src.echo()
+        with DicomwebSource(untrusted.model_copy(update={"ca_bundle": cert})) as src:
+            src.echo()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_dicomweb_timeout(fake_dicomweb: str) -> None:
+    url = fake_dicomweb.replace("/dicom-web", "/slow/dicom-web")
+    t0 = time.perf_counter()
+    with (
+        DicomwebSource(DicomwebSourceConfig(name="slow", url=url, timeout=0.2)) as src,
+        pytest.raises(PACSTimeoutError, match=r"did not answer within 0\.2 s"),
+    ):
+        src.echo()
+    assert time.perf_counter() - t0 < 0.55
 
 
 def test_json_value_conversions() -> None:
@@ -433,9 +497,6 @@ def test_dimse_unknown_aets_are_refused(orthanc: OrthancServer) -> None:
         DimseSource(orthanc.dimse_config(called_aet="NOTORTHANC")).find("STUDY", {})
 
 
-# pynetdicom drops the socket of a refused connection without closing it (its
-# _shutdown_socket skips close() when shutdown() fails), so the garbage collector warns.
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_dimse_not_running() -> None:
     cfg = DimseSourceConfig(name="down", host="127.0.0.1", port=free_port(), called_aet="PACS", timeout=5)
     t0 = time.perf_counter()
@@ -499,6 +560,18 @@ def test_dimse_image_query_takes_upper_keys_upstairs(strict_scp: StrictSCP) -> N
     assert all("StudyDate" not in keys for level, keys in strict_scp.queries if level != "STUDY")
 
 
+def test_dimse_reactor_cannot_steal_responses(strict_scp: StrictSCP) -> None:
+    """pynetdicom's reactor thread may wake between two C-FINDs and drop a response."""
+    src = DimseSource(strict_scp.config())
+    with src._associate([build_context(StudyRootQueryRetrieveInformationModelFind)], "test") as (assoc, _):
+        response = C_FIND()
+        response.MessageIDBeingRespondedTo = 1
+        response.Status = 0xFF00
+        assoc.dimse.msg_queue.put((1, response))
+        assert assoc.dimse.get_msg(block=False) == (None, None)  # what the reactor calls
+        assert assoc.dimse.get_msg(block=True) == (1, response)  # what send_c_find calls
+
+
 def test_dimse_retrieve_from_strict_scp(strict_scp: StrictSCP, tmp_path: Path) -> None:
     first = strict_scp.datasets[0]
     wanted = [d for d in strict_scp.datasets if d.SeriesInstanceUID == first.SeriesInstanceUID]
@@ -528,14 +601,14 @@ def test_dimse_concurrency_limit(strict_scp: StrictSCP) -> None:
 
 def test_dimse_timeout(strict_scp: StrictSCP) -> None:
     strict_scp.reset()
-    strict_scp.delay = 1.5
+    strict_scp.delay = 1.0
     try:
         t0 = time.perf_counter()
-        with pytest.raises(PACSTimeoutError, match=r"did not answer within 0\.5 s"):
-            DimseSource(strict_scp.config(timeout=0.5)).find("STUDY", {})
-        assert time.perf_counter() - t0 < 1.4
+        with pytest.raises(PACSTimeoutError, match=r"did not answer within 0\.3 s"):
+            DimseSource(strict_scp.config(timeout=0.3)).find("STUDY", {})
+        assert time.perf_counter() - t0 < 0.95  # gave up before the answer came
     finally:
-        time.sleep(1.2)  # let the stuck handler finish
+        time.sleep(0.8)  # let the stuck handler finish
         strict_scp.reset()
 
 

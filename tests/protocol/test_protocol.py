@@ -70,7 +70,9 @@ def test_parameter_schema_and_checks() -> None:
         "flag": "boolean",
         "opt": "null",
     }
-    check_parameters(schema, {"min_year": 2020, "threshold": -400, "modalities": ["CT"]})  # int for number: fine
+    check_parameters(
+        schema, {"min_year": 2020, "threshold": -400, "modalities": ["CT"]}
+    )  # int for number: fine
     with pytest.raises(ParameterError, match="'mni_year' is not a parameter"):
         check_parameters(schema, {"mni_year": 2020})
     with pytest.raises(ParameterError, match="'min_year' must be of JSON type integer, found string"):
@@ -122,8 +124,13 @@ def test_records_follow_the_schema() -> None:
     import pandas as pd
 
     assert record("n_ct", 12, kind="count", of="series")["value"] == 12
-    tab = record("by_year", pd.DataFrame({"year": [2020, 2021], "n": [3, 4]}), kind="table", of="series",
-                 count_columns=["n"])
+    tab = record(
+        "by_year",
+        pd.DataFrame({"year": [2020, 2021], "n": [3, 4]}),
+        kind="table",
+        of="series",
+        count_columns=["n"],
+    )
     assert tab["value"] == {"columns": ["year", "n"], "rows": [[2020, 3], [2021, 4]]}
     m = record("lung_ml", 4711.5, unit="ml", n=10, sd=300.0)
     assert m["kind"] == "measure" and m["sd"] == 300.0
@@ -133,8 +140,14 @@ def test_records_follow_the_schema() -> None:
         record("bad name!", 1.0)
     with pytest.raises(NotebookError, match="value"):
         validate_record({"schema": "jip.record/1", "name": "n", "kind": "count", "of": "series", "value": -1})
-    suppressed = {"schema": "jip.record/1", "name": "n", "kind": "count", "of": "series", "value": None,
-                  "suppressed": True}
+    suppressed = {
+        "schema": "jip.record/1",
+        "name": "n",
+        "kind": "count",
+        "of": "series",
+        "value": None,
+        "suppressed": True,
+    }
     validate_record(suppressed)
 
 
