@@ -13,11 +13,9 @@ Kind = Literal["count", "measure", "table", "text"]
 
 
 def _table(value: Any) -> dict[str, Any]:
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pd = None
-    if pd is not None and isinstance(value, pd.DataFrame):
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
         frame = value.reset_index() if not isinstance(value.index, pd.RangeIndex) else value
         rows = [[_plain(v) for v in row] for row in frame.itertuples(index=False, name=None)]
         return {"columns": [str(c) for c in frame.columns], "rows": rows}
@@ -101,7 +99,7 @@ def record(
     try:
         from IPython.display import display
 
-        display({RECORD_MIME: rec, "text/plain": _text(rec)}, raw=True)
+        display({RECORD_MIME: rec, "text/plain": _text(rec)}, raw=True)  # type: ignore[no-untyped-call]
     except ImportError:  # pragma: no cover - outside IPython there is nowhere to record to
         pass
     return rec

@@ -194,20 +194,40 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
             rec[kw] = to_python(kw, value)
     except Exception as err:
         raise HeaderError("corrupt", f"{type(err).__name__}: {err}") from err
+    charset = to_python("SpecificCharacterSet", ds.get("SpecificCharacterSet"))
+    return complete_record(rec, p, st, ts, charset, (offset, length))
+
+
+def complete_record(
+    rec: dict[str, Any],
+    path: Path,
+    st: os.stat_result,
+    ts: str,
+    charset: str | None,
+    layout: tuple[int | None, int | None],
+) -> dict[str, Any]:
+    """Check a record's identity and add the per-file fields (shared by both readers).
+
+    Raises
+    ------
+    HeaderError
+        No SOPInstanceUID, no study or series UID, or pixel data past the end of the file.
+    """
     if not rec.get("SOPInstanceUID"):
         raise HeaderError("no_sop_instance_uid", "the file has no SOPInstanceUID")
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if not rec.get(k)]
     if missing:
         raise HeaderError("no_hierarchy", f"the file has no {' or '.join(missing)}")
+    offset, length = layout
+    if offset is not None and length is not None and offset + length > st.st_size:
+        raise HeaderError("truncated", f"pixel data ends at byte {offset + length}, file has {st.st_size}")
     rec["PatientID"] = rec.get("PatientID") or ""
     rec["IssuerOfPatientID"] = rec.get("IssuerOfPatientID") or ""
-    rec["location"] = str(p)
+    rec["location"] = str(path)
     rec["TransferSyntaxUID"] = ts
-    rec["SpecificCharacterSet"] = to_python("SpecificCharacterSet", ds.get("SpecificCharacterSet"))
+    rec["SpecificCharacterSet"] = charset
     rec["pixel_offset"] = offset
     rec["pixel_length"] = length
     rec["file_size"] = st.st_size
     rec["mtime_ns"] = st.st_mtime_ns
-    if offset is not None and length is not None and offset + length > st.st_size:
-        raise HeaderError("truncated", f"pixel data ends at byte {offset + length}, file has {st.st_size}")
     return rec

@@ -20,7 +20,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from jipkit.data.headers import HeaderError, read_header
+from jipkit.data.fastheader import read_header_fast
+from jipkit.data.headers import HeaderError
 from jipkit.data.index import Index
 
 __all__ = ["IngestReport", "index_paths"]
@@ -77,7 +78,7 @@ def _read_one(path: str) -> tuple[dict[str, Any] | None, FileRow]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            rec = read_header(path)
+            rec = read_header_fast(path)
         except HeaderError as err:
             size: int | None = None
             mtime: int | None = None

@@ -446,7 +446,7 @@ def _rescale(stored: npt.NDArray[Any], frames: Sequence[_Frame]) -> npt.NDArray[
         b = int(inters[0])
         if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.size:
             lo, hi = int(stored.min()) + b, int(stored.max()) + b
-            if -32768 <= lo and hi <= 32767:  # Hounsfield units fit in int16: no float copy
+            if lo >= -32768 and hi <= 32767:  # Hounsfield units fit in int16: no float copy
                 if stored.dtype == np.int16:
                     stored += np.int16(b)  # in place
                     return stored
