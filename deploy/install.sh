@@ -48,4 +48,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[all]"
   echo "$want" > "$stamp"
 fi
+# 4. The site's JIP kernel (kernels/jip), registered inside the venv ----------------
+bash kernels/install.sh .venv >/dev/null
 log "ready: $root/.venv"

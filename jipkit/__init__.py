@@ -12,7 +12,6 @@ from __future__ import annotations
 from jipkit.config import SiteConfig, load_config
 from jipkit.data.site import Site, connect
 from jipkit.data.volume import GeometryWarning, Volume
-from jipkit.metrics import record
 from jipkit.errors import (
     AmbiguousSeriesError,
     CacheError,
@@ -31,6 +30,7 @@ from jipkit.errors import (
     UnknownKeywordError,
     VolumeError,
 )
+from jipkit.metrics import record
 
 __version__ = "0.1.0"
 

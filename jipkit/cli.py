@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("config", help="show the site configuration in effect")
     s.set_defaults(func=cmd_config)
+
+    from jipkit.coordinator.cli import register as register_coordinator
+    from jipkit.site.cli import register as register_site
+
+    register_coordinator(sub)
+    register_site(sub)
     return p
 
 

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jipkit.errors import ConfigError
+from jipkit.site.fedconfig import FederationConfig
 
 __all__ = [
     "BasicAuth",
@@ -179,6 +180,9 @@ class SiteConfig(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = Field(default_factory=lambda: os.cpu_count() or 1)
     """Processes used to read DICOM headers when indexing."""
     sources: list[SourceConfig] = Field(default_factory=list)
+    federation: FederationConfig | None = None
+    """The ``[federation]`` table: how this site's runner reaches a coordinator (see
+    :mod:`jipkit.site.fedconfig`); absent on a site that takes part in no federation."""
     path: Path | None = Field(default=None, exclude=True)
     """The file this configuration was read from, if any."""
 

@@ -20,7 +20,10 @@ def _table(value: Any) -> dict[str, Any]:
         rows = [[_plain(v) for v in row] for row in frame.itertuples(index=False, name=None)]
         return {"columns": [str(c) for c in frame.columns], "rows": rows}
     if isinstance(value, dict) and set(value) == {"columns", "rows"}:
-        return {"columns": [str(c) for c in value["columns"]], "rows": [[_plain(v) for v in r] for r in value["rows"]]}
+        return {
+            "columns": [str(c) for c in value["columns"]],
+            "rows": [[_plain(v) for v in r] for r in value["rows"]],
+        }
     raise TypeError("A table record takes a pandas DataFrame or {'columns': [...], 'rows': [[...]]}.")
 
 

@@ -4,6 +4,10 @@ All bodies are JSON.  Every request carries ``Authorization: Bearer <token>``: a
 API token or a site's token (never in a URL).  Errors answer
 ``{"detail": "<what failed and what to do>", "reason": "<code>"}`` with a 4xx status.
 
+Besides the codes named below: 401 ``unauthenticated``, 403 ``forbidden`` or
+``wrong_site`` (a site's token used for another site's job), 404 ``not_found``, 413
+``request_too_large``, 422 ``request_invalid``.  ``GET /keys`` needs any valid token.
+
 Sites (outbound only: a site's runner calls the coordinator, never the reverse)
 ------------------------------------------------------------------------------
 ``POST /api/v1/sites/enrol``            ``{site, enrol_token, public_key}`` (no bearer:
@@ -12,6 +16,9 @@ Sites (outbound only: a site's runner calls the coordinator, never the reverse)
     SHA-256 only.  The site's public key is pinned by the coordinator.
 ``GET  /api/v1/site/jobs/next?wait=S``  long poll (S <= 25): ``200 {envelope, lease_expires_at}``
     claims the oldest queued job of this site (a new attempt holds the lease), or ``204``.
+Lease times are the coordinator's clock only; a runner measures what is left of its
+lease against the ``Date`` header of the coordinator's answers.
+
 ``POST /api/v1/site/jobs/{job_id}/lease``   ``{attempt}`` -> ``200 {lease_expires_at}``
     renews the lease; ``409 {reason: lease_lost | cancelled}`` tells the runner to stop.
 ``POST /api/v1/site/jobs/{job_id}/result``  a signed result -> ``200 {accepted: true,

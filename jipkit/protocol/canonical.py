@@ -11,7 +11,9 @@ __all__ = ["canonical_json", "sha256_hex"]
 
 def canonical_json(value: Any) -> bytes:
     """UTF-8 JSON with sorted keys, no spaces, no NaN: the bytes that get hashed and signed."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def sha256_hex(data: bytes) -> str:

@@ -15,6 +15,12 @@ Result (made and signed by the site; verified by the coordinator)::
      "outputs": [{"cell": 3, "outputs": [<nbformat outputs>]}], "records": [<records>],
      "started_at": "...", "finished_at": "...", "kernel": "jip", "signature": {...}}
 
+A refused result reports what the runner saw, so its ``run_id`` and ``version_hash`` may
+be null or not match the job (the coordinator accepts that for refusals only).
+The envelope's ``expires_at`` is ``issued_at`` plus the coordinator's envelope lifetime
+(900 s by default). A refusal carries ``"kernel": null``; a failed or refused result carries no outputs and
+no records (what leaves a site is kept minimal).
+
 Only reason codes, cell indices and Python built-in exception class names describe a
 failure across a site's boundary: never a message, a path or a traceback.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
@@ -53,6 +60,7 @@ REFUSAL_REASONS: Final = (
     "policy_coordinator",  # the site does not serve this coordinator
     "policy_unapproved",  # the site approves versions locally, and has not approved this one
     "declined",  # the site's operator declined it
+    "envelope_invalid",  # signed, but not a job envelope of this format
 )
 
 #: Why a job that ran did not succeed.
@@ -63,6 +71,7 @@ FAILURE_REASONS: Final = (
     "cancelled",  # the run was cancelled while the job ran
     "output_invalid",  # a record does not follow the schema
     "internal_error",  # the runner itself failed
+    "lease_expired",  # (set by the coordinator) leases expired max_attempts times
 )
 
 _BUILTIN_EXCEPTIONS: Final = frozenset(
@@ -89,6 +98,6 @@ def parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def envelope_summary(env: dict[str, Any]) -> str:
+def envelope_summary(env: Mapping[str, Any]) -> str:
     """A one-line description of an envelope for logs (no parameters: they may be sensitive)."""
     return f"job {env.get('job_id')} attempt {env.get('attempt')} of run {env.get('run_id')} ({env.get('study')})"

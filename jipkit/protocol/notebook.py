@@ -44,7 +44,9 @@ def canonical_notebook(nb: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
         try:
             nb = json.loads(nb)
         except ValueError as err:
-            raise NotebookError(f"Expected a notebook (.ipynb JSON), found text that is not JSON: {err}.") from err
+            raise NotebookError(
+                f"Expected a notebook (.ipynb JSON), found text that is not JSON: {err}."
+            ) from err
     if not isinstance(nb, Mapping) or nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
         raise NotebookError("Expected a Jupyter notebook in nbformat 4 with a list of cells.")
     cells = []
@@ -53,11 +55,16 @@ def canonical_notebook(nb: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
         if kind not in ("code", "markdown", "raw"):
             raise NotebookError(f"Cell {i}: expected cell_type code, markdown or raw, found {kind!r}.")
         tags = sorted({str(t) for t in (cell.get("metadata", {}) or {}).get("tags", [])})
+        if "injected-parameters" in tags:
+            raise NotebookError(
+                f"Cell {i} is tagged 'injected-parameters': papermill would replace it with the run's "
+                "parameters, so what was reviewed would not run. Remove the cell (or the tag)."
+            )
         cells.append({"cell_type": kind, "source": _source(cell), "tags": tags})
     meta = nb.get("metadata", {}) or {}
-    language = (meta.get("kernelspec", {}) or {}).get("language") or (meta.get("language_info", {}) or {}).get(
-        "name", "python"
-    )
+    language = (meta.get("kernelspec", {}) or {}).get("language") or (
+        meta.get("language_info", {}) or {}
+    ).get("name", "python")
     return {"format": "jip-notebook/1", "language": str(language), "cells": cells}
 
 

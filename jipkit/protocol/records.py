@@ -55,7 +55,10 @@ RECORD_SCHEMA: Final[dict[str, Any]] = {
             "if": {"properties": {"kind": {"const": "count"}}},
             "then": {
                 "required": ["of"],
-                "properties": {"value": {"type": ["integer", "null"], "minimum": 0}, "of": {"enum": list(COUNT_OF)}},
+                "properties": {
+                    "value": {"type": ["integer", "null"], "minimum": 0},
+                    "of": {"enum": list(COUNT_OF)},
+                },
             },
         },
         {

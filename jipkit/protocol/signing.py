@@ -37,7 +37,9 @@ def _load_public(public_b64: str) -> Ed25519PublicKey:
     try:
         return Ed25519PublicKey.from_public_bytes(base64.b64decode(public_b64, validate=True))
     except ValueError as err:
-        raise SignatureError(f"Expected an Ed25519 public key (32 bytes, base64), found {public_b64[:60]!r}.") from err
+        raise SignatureError(
+            f"Expected an Ed25519 public key (32 bytes, base64), found {public_b64[:60]!r}."
+        ) from err
 
 
 def fingerprint(public_b64: str) -> str:
@@ -92,7 +94,9 @@ class SigningKey:
             st = p.stat()
             data = p.read_bytes()
         except OSError as err:
-            raise ConfigError(f"Cannot read the signing key {p}: {err.strerror}. Check the path in the configuration.") from err
+            raise ConfigError(
+                f"Cannot read the signing key {p}: {err.strerror}. Check the path in the configuration."
+            ) from err
         if st.st_mode & 0o077:
             raise ConfigError(
                 f"The signing key {p} can be read by other users (mode {oct(st.st_mode & 0o777)}). "
@@ -150,5 +154,7 @@ def verify_document(doc: Mapping[str, Any], trusted: Mapping[str, str]) -> str:
         value = base64.b64decode(str(sig["value"]), validate=True)
         _load_public(trusted[kid]).verify(value, _unsigned(doc))
     except (InvalidSignature, ValueError) as err:
-        raise SignatureError(f"The signature by key {kid} does not match the document: it was changed after signing.") from err
+        raise SignatureError(
+            f"The signature by key {kid} does not match the document: it was changed after signing."
+        ) from err
     return kid

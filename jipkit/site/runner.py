@@ -1,0 +1,641 @@
+"""The site runner: long-poll the coordinator for jobs, verify, run, sign, upload.
+
+One job at a time, outbound HTTP(S) only::
+
+    GET  /site/jobs/next?wait=S      -> an envelope and a lease (or 204 after S seconds)
+    check_envelope(...)              -> a refusal reason, or run it
+    POST /site/jobs/{id}/lease       every few seconds while it runs and uploads
+    POST /site/jobs/{id}/result      signed by the site's key; the same bytes until answered
+
+The site token travels in the ``Authorization`` header only.  Failed requests are retried
+after a jittered exponential back-off.  A lease answered with 409 (``lease_lost`` or
+``cancelled``) stops the run: a lost lease sends nothing (the coordinator leases the job
+again, to a new attempt), a cancelled run sends a ``failed``/``cancelled`` result.
+SIGTERM or SIGINT stops the runner: the current kernel is killed, nothing is sent for it
+(its lease expires and the coordinator leases it again), and a second signal exits at once.
+Results that were signed but not acknowledged are kept in the state database and sent
+again on the next start.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from jipkit.config import SiteConfig
+from jipkit.errors import ConfigError, CoordinatorError
+from jipkit.protocol.api import API, LONG_POLL_MAX_S
+from jipkit.protocol.canonical import canonical_json
+from jipkit.protocol.messages import RESULT_TYPE, parse_time, utcnow_iso
+from jipkit.protocol.notebook import to_nbformat
+from jipkit.protocol.signing import SigningKey, sign_document
+from jipkit.site.execute import Outcome, StopFlag, check_kernel, run_notebook
+from jipkit.site.fedconfig import FederationConfig, federation_of
+from jipkit.site.state import Prior, RunnerState, job_digest
+from jipkit.site.verify import AUTHENTICATED_REFUSALS, check_envelope, envelope_ids
+
+__all__ = ["Backoff", "Claim", "CoordinatorClient", "JobReport", "LeaseEnded", "Runner"]
+
+log = logging.getLogger("jipkit.site")
+
+_MIN_EMPTY_POLL_S = 0.5
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class LeaseEnded(CoordinatorError):
+    """The coordinator answered a lease renewal with 409: stop this job.
+
+    Attributes
+    ----------
+    why : str
+        ``lease_lost`` or ``cancelled``.
+    """
+
+    reason = "lease_ended"
+
+    def __init__(self, why: str):
+        super().__init__(f"The coordinator ended this job's lease ({why}).", status=409)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job handed to this site: the envelope as received and the lease's time left."""
+
+    envelope: Any
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What the runner did with one job.
+
+    Attributes
+    ----------
+    status : str
+        ``succeeded``, ``failed``, ``refused``, or ``abandoned`` (the lease was lost or the
+        runner stopped mid-job: nothing sent, the coordinator leases the job again).
+    reason : str or None
+        The refusal or failure reason code (or ``lease_lost`` / ``stopping``).
+    delivered : bool
+        Whether the coordinator acknowledged the result.
+    """
+
+    job_id: str | None
+    attempt: int | None
+    status: str
+    reason: str | None
+    delivered: bool
+
+
+class Backoff:
+    """Jittered exponential back-off: each delay is uniform in [d/2, d], d doubling to a cap."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None):
+        self.initial, self.maximum = initial, max(initial, maximum)
+        self._rng = rng or random.Random()
+        self._failures = 0
+
+    def next(self) -> float:
+        """The wait before the next retry (and count one more failure)."""
+        d = min(self.maximum, self.initial * 2**self._failures)
+        self._failures = min(self._failures + 1, 62)
+        return self._rng.uniform(d / 2, d)
+
+    def reset(self) -> None:
+        """Forget past failures (after a success)."""
+        self._failures = 0
+
+
+def _seconds_left(expires_at: Any, date_header: str | None) -> float:
+    """Seconds until ``expires_at``, by the coordinator's clock when its Date header is there."""
+    import datetime as dt
+
+    try:
+        expires = parse_time(str(expires_at))
+        now = email.utils.parsedate_to_datetime(date_header) if date_header else dt.datetime.now(dt.UTC)
+        return (expires - now).total_seconds()
+    except (ValueError, TypeError):
+        return 0.0
+
+
+class CoordinatorClient:
+    """The site endpoints of the coordinator's API (:mod:`jipkit.protocol.api`).
+
+    Parameters
+    ----------
+    fed : FederationConfig
+        URL, CA bundle and proxy.
+    token : str or None
+        The site token, sent as ``Authorization: Bearer``; never logged, never in a URL.
+        None only to enrol (the enrol token authenticates that request).
+    transport : httpx.BaseTransport, optional
+        For tests.
+    """
+
+    def __init__(
+        self, fed: FederationConfig, token: str | None, *, transport: httpx.BaseTransport | None = None
+    ):
+        verify: ssl.SSLContext | bool = True
+        if fed.ca_bundle is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(fed.ca_bundle))
+            except (OSError, ssl.SSLError) as err:
+                raise ConfigError(
+                    f"federation.ca_bundle {fed.ca_bundle} cannot be used ({err}): expected a PEM file "
+                    "of certificate authorities."
+                ) from err
+        headers = {"User-Agent": "jip-site-runner/1"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=fed.coordinator_url + API,
+            headers=headers,
+            verify=verify,
+            proxy=fed.https_proxy,
+            transport=transport,
+            trust_env=False,
+            timeout=httpx.Timeout(30.0, read=LONG_POLL_MAX_S + 15.0),
+        )
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kw)
+        except httpx.HTTPError as err:
+            raise CoordinatorError(f"Cannot reach the coordinator ({type(err).__name__}: {err}).") from err
+
+    @staticmethod
+    def _fail(resp: httpx.Response, what: str) -> CoordinatorError:
+        try:
+            body = resp.json()
+            detail = body.get("detail") if isinstance(body, dict) else None
+        except ValueError:
+            detail = None
+        return CoordinatorError(
+            f"{what}: HTTP {resp.status_code} ({detail or resp.reason_phrase}).", resp.status_code
+        )
+
+    def enrol(self, site: str, enrol_token: str, public_key: str) -> dict[str, Any]:
+        """``POST /sites/enrol``: the answer's JSON object (site token and coordinator keys)."""
+        resp = self._request(
+            "POST", "/sites/enrol", json={"site": site, "enrol_token": enrol_token, "public_key": public_key}
+        )
+        if resp.status_code != 200:
+            raise self._fail(resp, "The coordinator refused the enrolment")
+        try:
+            body = resp.json()
+        except ValueError as err:
+            raise CoordinatorError(
+                "The coordinator answered the enrolment with something that is not JSON."
+            ) from err
+        if not isinstance(body, dict):
+            raise CoordinatorError(
+                "The coordinator answered the enrolment with something that is not an object."
+            )
+        return body
+
+    def next_job(self, wait_s: float) -> Claim | None:
+        """Long-poll for this site's next job (at most 25 s); None when there is none."""
+        wait = max(0, min(int(wait_s), LONG_POLL_MAX_S))
+        resp = self._request("GET", "/site/jobs/next", params={"wait": wait})
+        if resp.status_code == 204:
+            return None
+        if resp.status_code != 200:
+            raise self._fail(resp, "Asking for the next job failed")
+        try:
+            body = resp.json()
+            envelope = body["envelope"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise CoordinatorError(
+                "The coordinator answered the poll with something that is not a job."
+            ) from err
+        return Claim(envelope, _seconds_left(body.get("lease_expires_at"), resp.headers.get("date")))
+
+    def renew(self, job_id: str, attempt: int) -> float:
+        """Renew a lease; return its seconds left.  Raises :class:`LeaseEnded` on 409."""
+        resp = self._request("POST", f"/site/jobs/{job_id}/lease", json={"attempt": attempt})
+        if resp.status_code == 409:
+            try:
+                why = str(resp.json().get("reason") or "lease_lost")
+            except (ValueError, AttributeError):
+                why = "lease_lost"
+            raise LeaseEnded("cancelled" if why == "cancelled" else "lease_lost")
+        if resp.status_code != 200:
+            raise self._fail(resp, "Renewing the lease failed")
+        try:
+            expires = resp.json().get("lease_expires_at")
+        except (ValueError, AttributeError):
+            expires = None
+        return _seconds_left(expires, resp.headers.get("date"))
+
+    def post_result(self, job_id: str, body: bytes) -> str:
+        """Upload a signed result: ``acknowledged``, or ``rejected`` (409 or another 4xx).
+
+        Raises
+        ------
+        CoordinatorError
+            No answer, or an answer worth retrying (5xx, 408, 429): send the same bytes again.
+        """
+        resp = self._request(
+            "POST", f"/site/jobs/{job_id}/result", content=body, headers={"Content-Type": "application/json"}
+        )
+        if resp.status_code == 200:
+            return "acknowledged"
+        if resp.status_code in _RETRY_STATUSES:
+            raise self._fail(resp, "Uploading the result failed")
+        err = self._fail(resp, "The coordinator refused the result")
+        log.warning("job %s: %s", job_id, err)
+        return "rejected"
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews a job's lease until stopped; sets the job's StopFlag when the lease ends."""
+
+    def __init__(
+        self,
+        client: CoordinatorClient,
+        job_id: str,
+        attempt: int,
+        lease_s: float,
+        cap_s: float,
+        flag: StopFlag,
+    ):
+        super().__init__(name=f"jip-lease-{job_id}", daemon=True)
+        self._client, self._job, self._attempt, self._cap, self._flag = client, job_id, attempt, cap_s, flag
+        self._interval = self._pick(lease_s)
+        self._done = threading.Event()
+
+    def _pick(self, lease_s: float) -> float:
+        return min(self._cap, max(0.2, lease_s / 3))
+
+    def run(self) -> None:
+        while not self._done.wait(self._interval):
+            try:
+                self._interval = self._pick(self._client.renew(self._job, self._attempt))
+            except LeaseEnded as err:
+                log.warning("job %s attempt %s: %s", self._job, self._attempt, err)
+                self._flag.set(err.why)
+                return
+            except CoordinatorError as err:  # keep going: the lease may still hold
+                log.warning("job %s: renewing the lease failed (%s); trying again", self._job, err)
+                self._interval = min(self._interval, 2.0)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join()
+
+
+class _Interrupted(BaseException):
+    """Raised by the signal handler to leave a long poll at once."""
+
+
+class Runner:
+    """A site's runner.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        The site's configuration, with a ``[federation]`` table.
+    transport : httpx.BaseTransport, optional
+        For tests.
+    rng : random.Random, optional
+        For the back-off's jitter (tests).
+
+    Raises
+    ------
+    ConfigError
+        No federation table, the key or token cannot be read, the kernel is not
+        installed, or the policy forbids unisolated kernels (the only kind so far).
+    """
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        rng: random.Random | None = None,
+    ):
+        self.config = config
+        self.fed = federation_of(config)
+        if not self.fed.policy.allow_unisolated:
+            raise ConfigError(
+                "federation.policy.allow_unisolated is false, and this runner has no isolated kernel yet: "
+                "it could run nothing. Set it to true, or wait for the sandboxed kernel."
+            )
+        check_kernel(self.fed.kernel_name, self.fed.kernel_dirs or None)
+        self.key = SigningKey.load(self.fed.key_path)
+        token = self.fed.site_token()
+        self.pinned = self.fed.pinned_keys()
+        if not self.pinned:
+            log.warning("no coordinator key is pinned: every job will be refused (unknown_key)")
+        self.client = CoordinatorClient(self.fed, token, transport=transport)
+        self._lease_client = CoordinatorClient(self.fed, token, transport=transport)
+        self.state = RunnerState(self.fed.state_db)
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._current: StopFlag | None = None
+        self._polling = False
+        for rec in self.state.interrupted():
+            log.warning(
+                "job %s attempt %s was interrupted here; it runs again when re-leased",
+                rec.job_id,
+                rec.attempt,
+            )
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close connections and the state database."""
+        self.client.close()
+        self._lease_client.close()
+        self.state.close()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop after the current step (a running notebook is killed, its job abandoned)."""
+        self._stop.set()
+        if self._current is not None:
+            self._current.set("stopping")
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (or a SIGTERM/SIGINT received)."""
+        return self._stop.is_set()
+
+    def run_once(self, wait_s: float | None = None) -> JobReport | None:
+        """Send pending results, then poll once and handle the job, if any.
+
+        Raises
+        ------
+        CoordinatorError
+            The coordinator could not be reached or answered with an error.
+        """
+        self.flush_pending()
+        wait = self.fed.poll_wait_s if wait_s is None else wait_s
+        self._polling = True
+        try:
+            claim = self.client.next_job(wait)
+        finally:
+            self._polling = False
+        return None if claim is None else self.handle(claim)
+
+    def run(self) -> None:
+        """Poll and run jobs until SIGTERM/SIGINT or :meth:`stop`."""
+        restore = self._install_signal_handlers()
+        backoff = Backoff(self.fed.backoff_initial_s, self.fed.backoff_max_s, self._rng)
+        log.info("site %s: runner started, polling %s", self.config.name, self.fed.coordinator_url)
+        try:
+            while not self._stop.is_set():
+                try:
+                    t0 = time.monotonic()
+                    if self.run_once() is None:  # an empty poll that came back early: no hot loop
+                        self._stop.wait(_MIN_EMPTY_POLL_S - (time.monotonic() - t0))
+                    backoff.reset()
+                except CoordinatorError as err:
+                    delay = backoff.next()
+                    log.warning("%s Retrying in %.1f s.", err, delay)
+                    self._stop.wait(delay)
+                except Exception:  # a bug or a full disk: log it, keep serving after a pause
+                    delay = backoff.next()
+                    log.exception("the runner failed; retrying in %.1f s", delay)
+                    self._stop.wait(delay)
+        except _Interrupted:
+            pass
+        finally:
+            restore()
+            log.info("site %s: runner stopped", self.config.name)
+
+    def _install_signal_handlers(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: stopping (a second one exits at once)", signal.Signals(signum).name)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self.stop()
+            if self._polling:
+                raise _Interrupted
+
+        for s in previous:
+            signal.signal(s, handler)
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
+
+    # -- one job ------------------------------------------------------------------------
+
+    def handle(self, claim: Claim) -> JobReport:
+        """Verify, run (or refuse) and report one claimed job."""
+        env = claim.envelope
+        ids = envelope_ids(env)
+        if ids is None:
+            log.error("the coordinator sent a job without a usable job_id and attempt; ignoring it")
+            self.state.audit("unusable_job")
+            return JobReport(None, None, "refused", "signature_invalid", False)
+        job_id, attempt = ids
+        flag = StopFlag()
+        keeper = _LeaseKeeper(
+            self._lease_client, job_id, attempt, claim.lease_s, self.fed.lease_renew_s, flag
+        )
+        keeper.start()
+        self._current = flag
+        if self._stop.is_set():
+            flag.set("stopping")
+        try:
+            reason = check_envelope(
+                env, site=self.config.name, pinned_keys=self.pinned, policy=self.fed.policy, state=self.state
+            )
+            if reason is not None:
+                body, recorded = self._refuse(env, job_id, attempt, reason)
+                return JobReport(job_id, attempt, "refused", reason, self._upload(job_id, body, recorded))
+            if self.state.prior(job_id, attempt, job_digest(env)) is Prior.REDELIVER:
+                status, why, body = self._redeliver(env)
+                return JobReport(job_id, attempt, status, why, self._upload(job_id, body, True))
+            self.state.start(env)
+            outcome = self._execute(env, flag)
+            if flag.reason in ("lease_lost", "stopping"):
+                self.state.audit("abandoned", job_id, attempt=attempt, reason=flag.reason)
+                return JobReport(job_id, attempt, "abandoned", flag.reason, False)
+            body = self._sign(self._result(env, outcome))
+            self.state.finish(env, outcome.status, outcome.reason, body)
+            return JobReport(
+                job_id, attempt, outcome.status, outcome.reason, self._upload(job_id, body, True)
+            )
+        finally:
+            self._current = None
+            keeper.stop()
+
+    def _execute(self, env: Mapping[str, Any], flag: StopFlag) -> Outcome:
+        deadline = min(float(env["deadline_s"]), self.fed.max_deadline_s)
+        return run_notebook(
+            env["notebook"],
+            env["parameters"],
+            workdir=self.fed.workdir,
+            deadline_s=deadline,
+            kernel_name=self.fed.kernel_name,
+            kernel_dirs=self.fed.kernel_dirs or None,
+            extra_env=self._data_env(),
+            env_passthrough=self.fed.kernel_env,
+            stop=flag,
+            label=f"{env['job_id']}-a{env['attempt']}",
+        )
+
+    def _data_env(self) -> dict[str, str]:
+        """What the kernel needs to find this site's data with ``jip.connect()``: no secrets."""
+        if self.config.path is not None:
+            return {"JIP_CONFIG": str(self.config.path)}
+        return {
+            "JIP_NAME": self.config.name,
+            "JIP_INDEX_PATH": str(self.config.index_path),
+            "JIP_CACHE_DIR": str(self.config.cache_dir),
+        }
+
+    def _sign(self, doc: Mapping[str, Any]) -> bytes:
+        return canonical_json(sign_document(doc, self.key))
+
+    def _result(self, env: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
+        return {
+            "type": RESULT_TYPE,
+            "job_id": env["job_id"],
+            "attempt": env["attempt"],
+            "run_id": env["run_id"],
+            "site": self.config.name,
+            "version_hash": env["version_hash"],
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "failed_cell": outcome.failed_cell,
+            "exception": outcome.exception,
+            "outputs": outcome.outputs,
+            "records": outcome.records,
+            "started_at": outcome.started_at,
+            "finished_at": outcome.finished_at,
+            "kernel": outcome.kernel,
+        }
+
+    def _refuse(self, env: Any, job_id: str, attempt: int, reason: str) -> tuple[bytes, bool]:
+        """Sign a refusal; record it against the job ID only when the envelope is authentic."""
+        now = utcnow_iso()
+
+        def text(name: str) -> str | None:
+            value = env.get(name) if isinstance(env, Mapping) else None
+            return value if isinstance(value, str) else None
+
+        doc = {
+            "type": RESULT_TYPE,
+            "job_id": job_id,
+            "attempt": attempt,
+            "run_id": text("run_id"),
+            "site": self.config.name,
+            "version_hash": text("version_hash"),
+            "status": "refused",
+            "reason": reason,
+            "failed_cell": None,
+            "exception": None,
+            "outputs": [],
+            "records": [],
+            "started_at": now,
+            "finished_at": now,
+            "kernel": None,
+        }
+        body = self._sign(doc)
+        recorded = reason in AUTHENTICATED_REFUSALS and reason != "replay"
+        if recorded:
+            self.state.finish(env, "refused", reason, body)
+        else:  # unauthenticated, another site's, or a replay: the job ID's record stays as it is
+            self.state.audit("refused", job_id, attempt=attempt, reason=reason)
+        if reason == "policy_unapproved":
+            self._keep_for_approval(env)
+        return body, recorded
+
+    def _keep_for_approval(self, env: Mapping[str, Any]) -> None:
+        """Write the unapproved version where the site's operator can read it."""
+        path = self.fed.workdir / "pending-approval" / f"{env['version_hash']}.ipynb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(to_nbformat(env["notebook"]), indent=1, ensure_ascii=False), encoding="utf-8"
+        )
+        log.warning(
+            "version %s waits for local approval: read %s, then `jip site approve`", env["version_hash"], path
+        )
+
+    def _redeliver(self, env: Mapping[str, Any]) -> tuple[str, str | None, bytes]:
+        rec = self.state.job(env["job_id"])
+        assert rec is not None and rec.result is not None
+        doc = json.loads(rec.result)
+        doc["attempt"] = env["attempt"]
+        body = self._sign(doc)
+        self.state.finish(env, rec.state, rec.reason, body)
+        self.state.audit("redelivered", env["job_id"], attempt=env["attempt"])
+        log.info(
+            "job %s: already %s here; sending that result for attempt %s",
+            rec.job_id,
+            rec.state,
+            env["attempt"],
+        )
+        return rec.state, rec.reason, body
+
+    # -- uploads ------------------------------------------------------------------------
+
+    def _upload(self, job_id: str, body: bytes, recorded: bool) -> bool:
+        """Send the same bytes until the coordinator answers (or the runner stops).
+
+        ``recorded``: ``body`` is the result stored for ``job_id``, whose upload state to update.
+        """
+        backoff = Backoff(self.fed.backoff_initial_s, self.fed.backoff_max_s, self._rng)
+        while True:
+            try:
+                outcome = self.client.post_result(job_id, body)
+            except CoordinatorError as err:
+                if self._stop.is_set():
+                    log.warning(
+                        "job %s: result not delivered (%s); it is sent on the next start", job_id, err
+                    )
+                    return False
+                delay = backoff.next()
+                log.warning("job %s: %s Sending it again in %.1f s.", job_id, err, delay)
+                self._stop.wait(delay)
+                continue
+            if recorded:
+                self.state.mark_upload(job_id, outcome)
+            return outcome == "acknowledged"
+
+    def flush_pending(self) -> int:
+        """Try once to send each result not yet answered; return how many were acknowledged."""
+        sent = 0
+        for rec in self.state.pending_uploads():
+            assert rec.result is not None
+            try:
+                outcome = self.client.post_result(rec.job_id, rec.result)
+            except CoordinatorError as err:
+                log.warning("job %s: the pending result is still not delivered (%s)", rec.job_id, err)
+                break
+            self.state.mark_upload(rec.job_id, outcome)
+            sent += outcome == "acknowledged"
+        return sent
