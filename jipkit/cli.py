@@ -219,11 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true", help="full-size CT (512x512x300) instead of 96x96x48")
     s.set_defaults(func=cmd_demo_data)
 
-    s = sub.add_parser("demo", help="the main job: a demo site end to end")
-    s.add_argument("--workdir", help="where to put the demo's data (default: a temporary folder)")
-    s.add_argument("--patients", type=int, default=6)
-    s.add_argument("--full", action="store_true", help="full-size CT volumes")
-    s.add_argument("--exit-when-done", action="store_true", help="exit after printing (the default for now)")
+    s = sub.add_parser("demo", help="the main job: a coordinator and three sites on this machine")
+    s.add_argument("--workdir", help="an empty folder for the demo's files (default: a temporary one)")
+    s.add_argument("--patients", type=int, default=4, help="patients per site")
+    s.add_argument("--full", action="store_true", help="full-size CT volumes (512x512x300)")
+    s.add_argument("--no-pacs", action="store_true", help="folder sources even where Orthanc is installed")
+    s.add_argument("--exit-when-done", action="store_true", help="exit after printing the results")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("config", help="show the site configuration in effect")

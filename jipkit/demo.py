@@ -1,84 +1,301 @@
-"""`jip demo`: the main job.
+"""`jip demo`: the main job, a whole federation on this machine.
 
-Until the federation exists, the demo is one site end to end: generate a synthetic
-archive, index it, run a cohort query, load a series and check it against the ground
-truth the generator recorded.
+A coordinator and three sites, each with its own synthetic archive (in its own Orthanc
+PACS where Orthanc is installed, else a folder), index, keys, runner and working
+directories.  A scientist submits the shipped cohort overview notebook, two reviewers
+approve it, a coordinator runs it at the three sites, and the per-site and combined
+results are printed.  Without ``--exit-when-done`` everything keeps running (the
+coordinator's URL and the users' passwords are printed) until Ctrl-C stops it cleanly.
+
+Everything is set up as an operator would with the ``jip`` command line; the steps are
+printed with the commands that do the same by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
 import tempfile
 import time
-import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import pandas as pd
+import httpx
+
+from jipkit.errors import JipError
 
 __all__ = ["run_demo"]
+
+SITES = ("site-a", "site-b", "site-c")
+STUDY = "demo"
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "cohort_overview.ipynb"
+#: user -> role in the study
+USERS = {"alice": "scientist", "bob": "reviewer", "carol": "reviewer", "dave": "coordinator"}
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _jip() -> list[str]:
+    return [sys.executable, "-m", "jipkit.cli"]
+
+
+def _toml_value(v: Any) -> str:
+    return json.dumps(str(v) if isinstance(v, Path) else v, ensure_ascii=False)
+
+
+@dataclass
+class _Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace").splitlines()[-15:]
+            raise JipError(
+                f"The {self.name} stopped (status {self.proc.returncode}). Its log ends:\n" + "\n".join(tail)
+            )
+
+
+@dataclass
+class Federation:
+    """The demo's processes and files; stop everything with :meth:`close`."""
+
+    work: Path
+    patients: int
+    full: bool
+    use_pacs: bool
+    processes: list[_Process] = field(default_factory=list)
+    stack: ExitStack = field(default_factory=ExitStack)
+    url: str = ""
+    fingerprint: str = ""
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Process:
+        log = self.work / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches the demo only; it stops the rest in order
+            )
+        p = _Process(name, proc, log)
+        self.processes.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in reversed(self.processes):
+            p.stop()
+        self.stack.close()
+
+    # -- the coordinator -----------------------------------------------------------
+
+    def start_coordinator(self) -> None:
+        from jipkit.coordinator.config import load_coordinator_config
+        from jipkit.coordinator.service import Service
+        from jipkit.orthanc import free_port
+        from jipkit.protocol.signing import SigningKey, fingerprint
+
+        root = self.work / "coordinator"
+        root.mkdir(parents=True, mode=0o700)
+        port = free_port()
+        toml = root / "coordinator.toml"
+        toml.write_text(f'data_dir = "{root / "data"}"\nhost = "127.0.0.1"\nport = {port}\nlease_s = 30\n')
+        _say(
+            f"1. Coordinator at http://127.0.0.1:{port} (jip coordinator init / create-admin / add-user / add-study)"
+        )
+        cfg = load_coordinator_config(toml)
+        cfg.data_dir.mkdir(parents=True, mode=0o700)
+        key = SigningKey.generate()
+        key.save(cfg.key_file)
+        self.fingerprint = fingerprint(key.public_b64)
+        service = Service.open(cfg)
+        try:
+            self.passwords = {u: secrets.token_urlsafe(12) for u in ("admin", *USERS)}
+            service.create_user("admin", self.passwords["admin"], admin=True)
+            service.create_study(STUDY, review_quorum=2)
+            for user, role in USERS.items():
+                service.create_user(user, self.passwords[user])
+                service.grant_role(STUDY, user, role)
+            self.tickets = {name: service.add_site(name, study=STUDY) for name in SITES}
+        finally:
+            service.close()
+        self.coordinator = self._spawn("coordinator", [*_jip(), "coordinator", "serve", "-c", str(toml)])
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            self.coordinator.check()
+            try:
+                if httpx.get(f"{self.url}/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise JipError(
+                    f"The coordinator did not answer at {self.url} within 60 s; see {self.coordinator.log}."
+                )
+            time.sleep(0.2)
+        _say(f"   signing key fingerprint {self.fingerprint}")
+
+    # -- sites ---------------------------------------------------------------------
+
+    def add_site(self, index: int, name: str) -> None:
+        from jipkit.config import load_config
+        from jipkit.data import synth
+        from jipkit.data.site import Site
+        from jipkit.site.enrol import enrol
+        from jipkit.site.fedconfig import federation_of
+
+        root = self.work / name
+        archive = root / "archive"
+        shape = (300, 512, 512) if self.full else (48, 96, 96)
+        manifest = synth.generate_archive(archive, n_patients=self.patients, seed=100 + index, ct_shape=shape)
+        sources = ""
+        where = "a folder source"
+        if self.use_pacs:
+            from jipkit.orthanc import start_orthanc, stop_orthanc
+
+            env_name = f"ORTHANC_PASSWORD_{name.upper().replace('-', '_')}"
+            server = start_orthanc(root / "orthanc", env_name, name=f"jip-demo-{name}")
+            self.stack.callback(stop_orthanc, server.process)
+            os.environ[env_name] = server.password
+            server.upload(sorted(p for p in archive.rglob("*.dcm")))
+            sources = (
+                "[[sources]]\n"
+                f'name = "pacs"\nkind = "dicomweb"\nurl = "{server.dicomweb_url}"\n'
+                f'auth = {{ type = "basic", username = "{server.username}", password_env = "{env_name}" }}\n'
+            )
+            where = f"its own Orthanc ({server.url}, DICOMweb)"
+        fed = root / "federation"
+        toml = root / "site.toml"
+        toml.write_text(
+            f"name = {_toml_value(name)}\n"
+            f"index_path = {_toml_value(root / 'index.sqlite')}\n"
+            f"cache_dir = {_toml_value(root / 'cache')}\n"
+            f"{sources}"
+            "[federation]\n"
+            f"coordinator_url = {_toml_value(self.url)}\n"
+            f"key_path = {_toml_value(fed / 'site-key.pem')}\n"
+            f"token_file = {_toml_value(fed / 'site-token')}\n"
+            f"pinned_keys_file = {_toml_value(fed / 'coordinator-keys.json')}\n"
+            f"workdir = {_toml_value(fed / 'runs')}\n"
+            f"state_db = {_toml_value(fed / 'runner.sqlite')}\n"
+            "poll_wait_s = 10\n"
+            "[federation.policy]\n"
+            f"studies = [{_toml_value(STUDY)}]\n"
+            f"coordinators = [{_toml_value(self.fingerprint[7:23])}]\n",
+            encoding="utf-8",
+        )
+        site = Site(load_config(toml))
+        if self.use_pacs:
+            report: Any = site.sync(progress=False)
+        else:
+            report = site.index_paths([archive], progress=False)
+        _say(
+            f"2. {name}: {manifest.PatientID.nunique()} patients, {len(manifest)} series in {where}; "
+            f"indexed ({report})"
+        )
+        ticket = self.tickets[name]
+        enrol(federation_of(load_config(toml)), name, str(ticket.enrol_token), [self.fingerprint])
+        _say("   enrolled with a one-time token, coordinator key pinned; runner started (jip site run)")
+        self._spawn(f"runner-{name}", [*_jip(), "--config", str(toml), "site", "run"])
+
+    # -- a run -----------------------------------------------------------------------
+
+    def run_notebook(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        from jipkit.coordinator.client import CoordinatorClient
+
+        nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+        with CoordinatorClient(self.url) as alice:
+            alice.login("alice", self.passwords["alice"])
+            version = alice.submit_notebook(STUDY, nb)["version_hash"]
+        _say(f"3. alice submitted {NOTEBOOK.name}: version {version[:12]} (jip notebook submit)")
+        for reviewer in ("bob", "carol"):
+            with CoordinatorClient(self.url) as c:
+                c.login(reviewer, self.passwords[reviewer])
+                c.review(version, "approve", "reviewed in the demo")
+        _say(
+            "   bob and carol approved it (jip notebook review --approve); two reviewers, neither the author"
+        )
+        with CoordinatorClient(self.url) as dave:
+            dave.login("dave", self.passwords["dave"])
+            run = dave.start_run(STUDY, version, parameters, sites=list(SITES), deadline_s=600)
+            _say(f"4. dave started run {run['run_id']} at {', '.join(SITES)} with {parameters} (jip run)")
+            last: dict[str, str] = {}
+
+            def progress(r: dict[str, Any]) -> None:
+                for p in self.processes:
+                    p.check()
+                states = {j["site"]: j["state"] for j in r["jobs"]}
+                if states != last:
+                    last.clear()
+                    last.update(states)
+                    _say("   " + "  ".join(f"{s}: {st}" for s, st in sorted(states.items())))
+
+            dave.wait_run(run["run_id"], timeout=900, on_progress=progress)
+            return dave.results(run["run_id"])
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo; return the exit status."""
-    from jipkit.data import synth
-    from jipkit.data.site import connect
+    """Run the demo federation; return the exit status."""
+    from jipkit.coordinator.cli import print_results
+    from jipkit.orthanc import orthanc_installed
 
     with tempfile.TemporaryDirectory(prefix="jip-demo-") as tmp:
-        work = Path(args.workdir) if args.workdir else Path(tmp)
-        archive = work / "archive"
-        shape = (300, 512, 512) if args.full else (48, 96, 96)
-        _say(f"1. Writing a synthetic archive of {args.patients} patients to {archive} (CT {shape}) ...")
-        t = time.perf_counter()
-        manifest = synth.generate_archive(archive, n_patients=args.patients, seed=0, ct_shape=shape)
-        _say(f"   {len(manifest)} series in {time.perf_counter() - t:.1f} s")
-
-        site = connect(None, name="demo", index_path=work / "index.sqlite", cache_dir=work / "cache")
-        _say(f"2. Indexing it into {site.config.index_path} ...")
-        report = site.index_paths([archive], progress=False)
-        _say(f"   {report}")
-
-        _say("3. Cohort query: CT chest series from 2018 on with at least 40 slices")
-        cohort = site.find_series(
-            Modality="CT", BodyPartExamined="CHEST", StudyDate="2018-", NumberOfSeriesRelatedInstances="40-"
-        )
-        with pd.option_context("display.width", 160, "display.max_columns", 10):
-            _say(
-                cohort[
-                    [
-                        "PatientID",
-                        "PatientName",
-                        "StudyDate",
-                        "SeriesDescription",
-                        "NumberOfSeriesRelatedInstances",
-                    ]
-                ].to_string(index=False)
-            )
-        overview = site.find_series()
-        overview["year"] = overview.StudyDate.str[:4]
-        _say("   series by modality and year:")
-        _say(overview.groupby(["Modality", "year"]).size().unstack(fill_value=0).to_string())
-
-        if cohort.empty:
-            _say("   (no series matched)")
-            return 1
-        uid = cohort.SeriesInstanceUID.iloc[0]
-        _say(f"4. Loading series {uid} ...")
-        t = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            vol = site.load_series(uid)
-        _say(f"   {vol} in {time.perf_counter() - t:.2f} s")
-        truth = pd.read_csv(archive / "ground_truth.csv", dtype=str).set_index("SeriesInstanceUID")
-        if uid in truth.index:
-            lung = (vol.array < -500) & (vol.array > -950)
-            voxel_ml = float(np.prod(vol.spacing)) / 1000.0
-            est = float(lung.sum()) * voxel_ml
-            true = float(truth.loc[uid, "lung_total_ml"])
-            _say(f"   lung volume by thresholding: {est:.0f} ml (ground truth {true:.0f} ml)")
-        _say("Done.")
-    return 0
+        work = Path(args.workdir).resolve() if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if any(work.iterdir()):
+            raise JipError(f"The demo's folder {work} is not empty. Choose an empty or new folder.")
+        use_pacs = orthanc_installed() and not args.no_pacs
+        fed = Federation(work, args.patients, args.full, use_pacs)
+        interrupted = False
+        try:
+            fed.start_coordinator()
+            for i, name in enumerate(SITES):
+                fed.add_site(i, name)
+            results = fed.run_notebook({"modalities": ["CT", "MR"], "first_year": 2015})
+            _say("5. Results (only output cells and records left the sites):")
+            print_results(results, "table", sys.stdout)
+            ok = all(s["state"] == "succeeded" for s in results["sites"])
+            if not args.exit_when_done:
+                _say(
+                    f"\nThe federation keeps running: coordinator {fed.url} "
+                    f"(users: {', '.join(f'{u} / {p}' for u, p in fed.passwords.items())}); "
+                    f"files and logs under {work}.\nPress Ctrl-C to stop."
+                )
+                while True:
+                    for p in fed.processes:
+                        p.check()
+                    time.sleep(1)
+            return 0 if ok else 1
+        except KeyboardInterrupt:
+            interrupted = True
+            return 0
+        finally:
+            if interrupted:
+                _say("\nStopping the runners, the coordinator and the PACS ...")
+            fed.close()
+            if interrupted:
+                _say("Stopped.")

@@ -266,6 +266,7 @@ def start_orthanc(workdir: Path, password_env: str = "ORTHANC_PASSWORD", name: s
             "Orthanc and its DICOMweb plugin are not installed: run deploy/install.sh "
             "(apt-get install orthanc orthanc-dicomweb)."
         )
+    workdir.mkdir(parents=True, exist_ok=True)
     user = "jip-" + secrets.token_hex(4)
     password = secrets.token_urlsafe(18)
     http_port, dicom_port = free_port(), free_port()

@@ -201,7 +201,7 @@ def _display_frame(res: dict[str, Any], states: Any) -> Any:
     return frame
 
 
-def _print_results(res: dict[str, Any], fmt: str, out: TextIO, *, long: bool = False) -> None:
+def print_results(res: dict[str, Any], fmt: str, out: TextIO, *, long: bool = False) -> None:
     import pandas as pd
 
     from jipkit.coordinator.aggregate import records_frame, records_long
@@ -463,7 +463,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run = client.wait_run(
             out["run_id"], timeout=args.timeout, on_progress=None if quiet else _progress(sys.stderr)
         )
-        _print_results(client.results(out["run_id"]), args.format, sys.stdout)
+        print_results(client.results(out["run_id"]), args.format, sys.stdout)
     states = {j["state"] for j in run["jobs"]}
     return 0 if states == {"succeeded"} else 1
 
@@ -472,7 +472,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     """``jip results``: a run's per-site and combined results as a table, CSV or JSON."""
     with _client(args) as client:
         res = client.results(args.run_id)
-    _print_results(res, args.format, sys.stdout, long=args.long)
+    print_results(res, args.format, sys.stdout, long=args.long)
     return 0
 
 

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from jipkit.config import SiteConfig, load_config
 from jipkit.data.cache import SeriesCache
-from jipkit.data.headers import HeaderError, read_header
+from jipkit.data.fastheader import read_header_fast
+from jipkit.data.headers import HeaderError
 from jipkit.data.index import Index
 from jipkit.data.ingest import IngestReport, index_paths
 from jipkit.data.keywords import check_keyword
@@ -257,6 +258,8 @@ class Site:
                 self.index._add(con, records, name)
             report.series_updated += 1
             report.instances += len(records)
+        if report.series_updated:
+            self.index.optimize()
         gone = set(have) - {s.get("SeriesInstanceUID") for s in remote}
         if gone:
             with self.index.transaction() as con:
@@ -329,7 +332,7 @@ class Site:
                 warnings.simplefilter("ignore")
                 for p in sorted(folder.glob("*.dcm")):
                     try:
-                        rec = read_header(p)
+                        rec = read_header_fast(p)
                     except HeaderError:
                         continue
                     rec["Modality"] = series.get("Modality")

@@ -202,3 +202,20 @@ def test_interrupted_ingest_loses_nothing(tmp_path: Path) -> None:
     report = site.index_paths([folder], progress=False)
     assert report.unchanged == landed and report.added == 2500 - landed
     assert site.find_series(PatientID="00000042").NumberOfSeriesRelatedInstances.tolist() == [2500]
+
+
+def test_parallel_ingest_gives_the_same_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jipkit.data import ingest
+
+    folder = tmp_path / "many"
+    _series_files(folder, 300, rows=4)
+    (folder / "junk.dcm").write_bytes(b"junk")
+    serial = jip.connect(SiteConfig(index_path=tmp_path / "a.sqlite", workers=1))
+    r1 = serial.index_paths([folder], progress=False)
+    monkeypatch.setattr(ingest, "_PARALLEL_MIN", 10)  # force the worker pool
+    parallel = jip.connect(SiteConfig(index_path=tmp_path / "b.sqlite", workers=2))
+    r2 = parallel.index_paths([folder], progress=False)
+    assert (r1.added, len(r1.failed)) == (r2.added, len(r2.failed)) == (300, 1)
+    a = serial.find_instances().drop(columns=["location"]).sort_values("SOPInstanceUID")
+    b = parallel.find_instances().drop(columns=["location"]).sort_values("SOPInstanceUID")
+    assert a.reset_index(drop=True).equals(b.reset_index(drop=True))
