@@ -18,7 +18,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
-from jipkit.data.schema import ATTRIBUTES, NUMERIC
+from jipkit.data.schema import ATTRIBUTES, INTEGER, NUMERIC
 
 __all__ = ["FILE_FIELDS", "HeaderError", "read_header", "to_python"]
 
@@ -34,22 +34,6 @@ FILE_FIELDS = (
 )
 
 _ALL = tuple(k for level in ATTRIBUTES.values() for k in level)
-_INT_NUMERIC = frozenset(
-    {
-        "SeriesNumber",
-        "InstanceNumber",
-        "Rows",
-        "Columns",
-        "NumberOfFrames",
-        "SamplesPerPixel",
-        "BitsAllocated",
-        "BitsStored",
-        "PixelRepresentation",
-        "AcquisitionNumber",
-        "EchoNumbers",
-        "TemporalPositionIdentifier",
-    }
-)
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 _PIXEL_TAG = (0x7FE0, 0x0010)
 
@@ -74,7 +58,7 @@ def to_python(keyword: str, value: Any) -> Any:
         return "\\".join("" if v is None else _fmt(v) for v in items) or None
     if keyword in NUMERIC:
         try:
-            return int(value) if keyword in _INT_NUMERIC else float(value)
+            return int(value) if keyword in INTEGER else float(value)
         except (TypeError, ValueError):
             return None
     if isinstance(value, bytes):

@@ -21,7 +21,7 @@ import pandas as pd
 from jipkit.data.headers import FILE_FIELDS
 from jipkit.data.keywords import check_keyword
 from jipkit.data.matching import condition, pn_match
-from jipkit.data.schema import ATTRIBUTES, LEVELS, NUMERIC, UNIQUE_KEY, Level
+from jipkit.data.schema import ATTRIBUTES, INTEGER, LEVELS, NUMERIC, UNIQUE_KEY, Level
 from jipkit.errors import ConfigError, QueryError
 
 __all__ = ["Index"]
@@ -463,7 +463,7 @@ class Index:
             rows = con.execute(sql, params).fetchall()
         df = pd.DataFrame.from_records(rows, columns=cols)
         for c in cols:
-            if c in NUMERIC and c in df and df[c].notna().all() and (df[c] % 1 == 0).all():
+            if c in INTEGER and len(df) and df[c].notna().all():
                 df[c] = df[c].astype("int64")
         return df
 

@@ -92,8 +92,8 @@ DERIVED: Final[dict[Level, tuple[str, ...]]] = {
     "IMAGE": (),
 }
 
-#: Attributes matched as integers or decimals (single values and ``lo-hi`` ranges).
-NUMERIC: Final[frozenset[str]] = frozenset(
+#: Numeric attributes held as integers (DICOM IS, US and the derived counts).
+INTEGER: Final[frozenset[str]] = frozenset(
     {
         "SeriesNumber",
         "InstanceNumber",
@@ -104,22 +104,26 @@ NUMERIC: Final[frozenset[str]] = frozenset(
         "BitsAllocated",
         "BitsStored",
         "PixelRepresentation",
-        "SliceThickness",
-        "RescaleSlope",
-        "RescaleIntercept",
         "AcquisitionNumber",
         "EchoNumbers",
-        "EchoTime",
         "TemporalPositionIdentifier",
-        "TriggerTime",
-        "DiffusionBValue",
-        "GantryDetectorTilt",
         "NumberOfPatientRelatedStudies",
         "NumberOfStudyRelatedSeries",
         "NumberOfStudyRelatedInstances",
         "NumberOfSeriesRelatedInstances",
     }
 )
+
+#: Attributes matched as integers or decimals (single values and ``lo-hi`` ranges).
+NUMERIC: Final[frozenset[str]] = INTEGER | {
+    "SliceThickness",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "EchoTime",
+    "TriggerTime",
+    "DiffusionBValue",
+    "GantryDetectorTilt",
+}
 
 
 def level_of(keyword: str) -> Level | None:

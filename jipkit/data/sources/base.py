@@ -8,6 +8,7 @@ strings in DICOM matching syntax, results are lists of ``{keyword: value}`` dict
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,27 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from jipkit.data.schema import Level
 
-__all__ = ["ConcurrencyLimit", "Source"]
+__all__ = ["ConcurrencyLimit", "Source", "format_number", "is_uid"]
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_uid(value: str) -> bool:
+    """Whether ``value`` is a syntactically valid DICOM UID (safe in a path or a URL)."""
+    return len(value) <= 64 and _UID.match(value) is not None
+
+
+def format_number(value: Any) -> str:
+    """A number as DICOM text: integral values without a decimal point.
+
+    Both PACS sources write multi-valued numbers this way, so their results compare equal.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(int(value))
+    number = float(value)
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return repr(number)
 
 
 @runtime_checkable

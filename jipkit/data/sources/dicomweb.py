@@ -26,7 +26,6 @@ import email.message
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -41,7 +40,7 @@ from pydicom.datadict import tag_for_keyword
 
 from jipkit.config import BasicAuth, BearerAuth, DicomwebSourceConfig
 from jipkit.data.schema import LEVELS, UNIQUE_KEY, Level
-from jipkit.data.sources.base import ConcurrencyLimit
+from jipkit.data.sources.base import ConcurrencyLimit, format_number, is_uid
 from jipkit.errors import (
     CacheError,
     NotFoundError,
@@ -63,7 +62,6 @@ ACCEPT_DICOM: Final = 'multipart/related; type="application/dicom"; transfer-syn
 ACCEPT_DICOM_DEFAULT: Final = 'multipart/related; type="application/dicom"'
 ACCEPT_JSON: Final = "application/dicom+json, application/json;q=0.9"
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _CHUNK = 1 << 20
 _MAX_HEADER_BYTES = 64 * 1024
 _NUMBER_INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
@@ -78,20 +76,6 @@ def _keyword_tag(keyword: str) -> str:
             "written as in the standard, e.g. Modality, StudyDate, SeriesInstanceUID."
         )
     return f"{tag:08X}"
-
-
-def _is_uid(value: str) -> bool:
-    return len(value) <= 64 and _UID.match(value) is not None
-
-
-def _format_number(value: Any) -> str:
-    """A number as DICOM text: integral values without a decimal point."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(int(value))
-    number = float(value)
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return repr(number)
 
 
 def _person_name(value: Any) -> str:
@@ -139,7 +123,7 @@ def json_value(element: Mapping[str, Any]) -> Any:
         if len(values) == 1 and values[0] is not None and values[0] != "":
             v = values[0]
             return int(v) if vr in _NUMBER_INT_VRS else float(v)
-        items = ["" if v is None else _format_number(v) for v in values]
+        items = ["" if v is None else format_number(v) for v in values]
     else:
         items = ["" if v is None else str(v) for v in values]
     joined = "\\".join(items)
@@ -468,14 +452,14 @@ class DicomwebSource:
         if level in ("PATIENT", "STUDY"):
             return "/studies", params
         if level == "SERIES":
-            if _is_uid(study):
+            if is_uid(study):
                 params = [p for p in params if p[0] != "StudyInstanceUID"]
                 return f"/studies/{study}/series", params
             return "/series", params
-        if _is_uid(study) and _is_uid(series):
+        if is_uid(study) and is_uid(series):
             params = [p for p in params if p[0] not in ("StudyInstanceUID", "SeriesInstanceUID")]
             return f"/studies/{study}/series/{series}/instances", params
-        if _is_uid(study):
+        if is_uid(study):
             params = [p for p in params if p[0] != "StudyInstanceUID"]
             return f"/studies/{study}/instances", params
         return "/instances", params
@@ -517,7 +501,7 @@ class DicomwebSource:
         for obj in self._qido(path, params, what):
             value = obj.get(tag, {}).get("Value") or [None]
             sop = value[0]
-            if not isinstance(sop, str) or not _is_uid(sop):
+            if not isinstance(sop, str) or not is_uid(sop):
                 raise PACSProtocolError(
                     f"{what}: {self._where(self.url + path)} returned an instance without a "
                     f"valid SOPInstanceUID ({sop!r})."
@@ -565,7 +549,7 @@ class DicomwebSource:
             On any failure no ``.part`` file is left; complete instances stay.
         """
         for label, uid in (("study", study_uid), ("series", series_uid)):
-            if not _is_uid(uid):
+            if not is_uid(uid):
                 raise QueryError(f"{uid!r} is not a valid {label} instance UID.")
         dest = Path(dest)
         if not dest.is_dir():

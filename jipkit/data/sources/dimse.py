@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -63,7 +62,7 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from jipkit.config import DimseSourceConfig
 from jipkit.data.schema import LEVELS, UNIQUE_KEY, Level, level_of
-from jipkit.data.sources.base import ConcurrencyLimit
+from jipkit.data.sources.base import ConcurrencyLimit, format_number, is_uid
 from jipkit.errors import (
     CacheError,
     NotFoundError,
@@ -97,7 +96,6 @@ STORAGE_TRANSFER_SYNTAXES: Final[tuple[UID, ...]] = (
     ExplicitVRBigEndian,
 )
 _MAX_CONTEXTS: Final = 128
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
 _FLOAT_VRS = frozenset({"DS", "FD", "FL"})
 _BINARY_NUMBER_VRS = frozenset({"SL", "SS", "SV", "UL", "US", "UV", "FD", "FL"})
@@ -116,20 +114,6 @@ _REJECT_REASONS: Final[dict[tuple[int, int], str]] = {
     (3, 1): "temporary congestion",
     (3, 2): "local limit exceeded",
 }
-
-
-def _is_uid(value: str) -> bool:
-    return len(value) <= 64 and _UID.match(value) is not None
-
-
-def _format_number(value: Any) -> str:
-    """A number as DICOM text: integral values without a decimal point."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(int(value))
-    number = float(value)
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return repr(number)
 
 
 def _vr(keyword: str) -> str:
@@ -190,7 +174,7 @@ def element_value(elem: DataElement | None) -> Any:
         if len(value) > 1:
             if elem.VR in _INT_VRS or elem.VR in _FLOAT_VRS:
                 # as DICOM JSON carries them, so DIMSE and DICOMweb sources agree
-                return "\\".join("" if v in (None, "") else _format_number(v) for v in value)
+                return "\\".join("" if v in (None, "") else format_number(v) for v in value)
             return "\\".join("" if v is None else str(v) for v in value) or None
         value = value[0]
     if isinstance(value, PersonName):
@@ -315,7 +299,7 @@ class _Store:
 
     def __call__(self, event: evt.Event) -> int:
         sop = str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "")
-        if not _is_uid(sop):
+        if not is_uid(sop):
             with self._lock:
                 self.error = self.error or PACSProtocolError(
                     f"the PACS sent an instance with an invalid SOP Instance UID ({sop!r})"
@@ -602,7 +586,7 @@ class DimseSource:
             ident = dict(own_keys)
             for k in uid_keys:
                 uid = p.get(k)
-                if not isinstance(uid, str) or not _is_uid(uid):
+                if not isinstance(uid, str) or not is_uid(uid):
                     raise PACSProtocolError(
                         f"{parent} C-FIND: {self._where()} returned a match without a valid "
                         f"{k} ({uid!r}), which the query one level down needs."
@@ -735,7 +719,7 @@ class DimseSource:
             No ``.part`` file is left behind.
         """
         for label, uid in (("study", study_uid), ("series", series_uid)):
-            if not _is_uid(uid):
+            if not is_uid(uid):
                 raise QueryError(f"{uid!r} is not a valid {label} instance UID.")
         dest = Path(dest)
         if not dest.is_dir():
