@@ -6,7 +6,9 @@ runs and jobs with leases, results from the sites and their aggregation.
     config.py     CoordinatorConfig: coordinator.toml + JIP_COORD_* variables
     db.py         Database: the SQLite file (WAL) and its schema
     audit.py      the append-only, hash-chained audit log and verify_chain()
-    service.py    Service: every rule (roles, reviews, runs, leases, results); no HTTP
+    service.py    Service: every rule (roles, reviews, runs, leases, results); no HTTP,
+                  one module per job: access.py (callers, roles, refusals), base.py,
+                  accounts.py, studies.py, reviews.py, runs.py, leases.py, results.py
     aggregate.py  combine the sites' records: site x record frame, pooled figures
     app.py        create_app(config): the FastAPI service over Service
     client.py     CoordinatorClient: the user-side HTTP client

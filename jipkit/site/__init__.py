@@ -7,7 +7,8 @@ A hospital's runner makes outbound connections only.  For each job it
 2. runs the canonical notebook headless in the site's JIP kernel
    (:mod:`jipkit.site.execute`) with a wall-clock watchdog;
 3. signs a result holding only output cells and typed records, and uploads it until the
-   coordinator acknowledges it (:mod:`jipkit.site.runner`).
+   coordinator acknowledges it (:mod:`jipkit.site.runner`, over the HTTP client in
+   :mod:`jipkit.site.client`).
 
 Its local state (replay protection, local approvals, the hash-chained site audit log)
 lives in SQLite (:mod:`jipkit.site.state`); its configuration is the ``[federation]``

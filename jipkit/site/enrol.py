@@ -25,8 +25,8 @@ import httpx
 
 from jipkit.errors import ConfigError, CoordinatorError, FederationError, SignatureError
 from jipkit.protocol.signing import SigningKey, fingerprint
+from jipkit.site.client import CoordinatorClient
 from jipkit.site.fedconfig import FederationConfig, check_pinned_keys
-from jipkit.site.runner import CoordinatorClient
 
 __all__ = ["Enrolment", "enrol", "normalize_fingerprint"]
 

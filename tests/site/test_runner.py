@@ -13,7 +13,8 @@ import pytest
 
 from jipkit.errors import ConfigError, CoordinatorError
 from jipkit.protocol.signing import verify_document
-from jipkit.site.runner import Backoff, CoordinatorClient, Runner
+from jipkit.site.client import Backoff, CoordinatorClient
+from jipkit.site.runner import Runner
 from tests.site.conftest import SiteFixture, result_of, runs_in
 from tests.site.fakes import FakeCoordinator
 
