@@ -207,7 +207,8 @@ class SiteConfig(BaseSettings):
         )
 
 
-def _format_validation(err: ValidationError, where: str) -> str:
+def format_validation(err: ValidationError, where: str, what: str = "site configuration") -> str:
+    """A pydantic validation error as one message: each wrong key, what was expected, what was found."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -219,7 +220,7 @@ def _format_validation(err: ValidationError, where: str) -> str:
         else:
             shown = "" if isinstance(found, dict | list) else f", found {found!r}"
             lines.append(f"  {key}: {e['msg']}{shown}")
-    return f"Invalid site configuration in {where}:\n" + "\n".join(lines)
+    return f"Invalid {what} in {where}:\n" + "\n".join(lines)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> SiteConfig:
@@ -275,4 +276,4 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         return SiteConfig(**data)
     except ValidationError as err:
         where = str(chosen) if chosen.is_file() else "the environment"
-        raise ConfigError(_format_validation(err, where)) from err
+        raise ConfigError(format_validation(err, where)) from err

@@ -29,6 +29,7 @@ import platformdirs
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jipkit.config import format_validation
 from jipkit.errors import ConfigError
 from jipkit.protocol.api import LONG_POLL_MAX_S
 
@@ -111,19 +112,6 @@ class CoordinatorConfig(BaseSettings):
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
-def _format_validation(err: ValidationError, where: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: not a known key (remove it, or check its spelling)")
-        else:
-            found = e.get("input")
-            shown = "" if isinstance(found, dict | list) else f", found {found!r}"
-            lines.append(f"  {key}: {e['msg']}{shown}")
-    return f"Invalid coordinator configuration in {where}:\n" + "\n".join(lines)
-
-
 def load_coordinator_config(
     path: str | os.PathLike[str] | None = None, **overrides: Any
 ) -> CoordinatorConfig:
@@ -177,4 +165,4 @@ def load_coordinator_config(
         return CoordinatorConfig(**data)
     except ValidationError as err:
         where = str(chosen) if chosen.is_file() else "the environment"
-        raise ConfigError(_format_validation(err, where)) from err
+        raise ConfigError(format_validation(err, where, "coordinator configuration")) from err
