@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from jipkit.config import SiteConfig, load_config
-from jipkit.data.site import Site, connect
-from jipkit.data.volume import GeometryWarning, Volume
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from jipkit.errors import (
     AmbiguousSeriesError,
     CacheError,
@@ -30,9 +30,26 @@ from jipkit.errors import (
     UnknownKeywordError,
     VolumeError,
 )
-from jipkit.metrics import record
+
+if TYPE_CHECKING:
+    from jipkit.config import SiteConfig, load_config
+    from jipkit.data.site import Site, connect
+    from jipkit.data.volume import GeometryWarning, Volume
+    from jipkit.metrics import record
 
 __version__ = "0.1.0"
+
+#: Public names loaded on first use: ``import jipkit`` stays cheap (pandas, pydicom and
+#: its decoders load only when a notebook first touches site data).
+_LAZY = {
+    "SiteConfig": "jipkit.config",
+    "load_config": "jipkit.config",
+    "Site": "jipkit.data.site",
+    "connect": "jipkit.data.site",
+    "GeometryWarning": "jipkit.data.volume",
+    "Volume": "jipkit.data.volume",
+    "record": "jipkit.metrics",
+}
 
 __all__ = [
     "AmbiguousSeriesError",
@@ -60,8 +77,16 @@ __all__ = [
     "record",
 ]
 
-for _name in ("Site", "SiteConfig", "Volume", "connect", "load_config"):
-    globals()[_name].__module__ = "jipkit"
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jipkit' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    if name in ("Site", "SiteConfig", "Volume", "connect", "load_config"):
+        value.__module__ = "jipkit"  # tracebacks and ? show the public name
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

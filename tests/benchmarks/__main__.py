@@ -1,4 +1,4 @@
-"""Run the data-layer benchmarks: ``python -m tests.benchmarks [--only NAME] [--quick]``.
+"""Run the data-layer and federation benchmarks: ``python -m tests.benchmarks [--only NAME] [--quick]``.
 
 Tables go to stdout, progress to stderr.  The exit status is 0 unless a benchmark
 failed with an error; missed targets are reported, never raised.
@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ._common import Context, Sizes, Table
 
@@ -27,6 +28,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "query": ("query", "cohort queries on a 1,000,000-instance index: jipkit vs raw SQLite"),
     "pacs-query": ("pacs_query", "cohort queries on 20,000 instances: jipkit index vs Orthanc /tools/find"),
     "retrieve": ("retrieve", "a 300-slice CT from Orthanc: jipkit vs plain WADO-RS, dicomweb-client"),
+    "runner": ("fed_runner", "site runner per-job overhead, real coordinator over HTTP: vs papermill"),
+    "latency": ("fed_latency", "submit -> 2 approvals -> run -> results of a trivial notebook at 3 sites"),
+    "coordinator-scale": ("fed_scale", "1,000 simulated runners against one coordinator: one run"),
 }
 
 
@@ -41,17 +45,20 @@ def _names(only: Sequence[str] | None) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    listing = "\n".join(f"  {k:<11} {v[1]}" for k, v in BENCHMARKS.items())
+    listing = "\n".join(f"  {k:<17} {v[1]}" for k, v in BENCHMARKS.items())
     p = argparse.ArgumentParser(
         prog="python -m tests.benchmarks",
-        description="jipkit data-layer benchmarks; ratios against baselines measured in the same run.",
+        description="jipkit data-layer and federation benchmarks; ratios against baselines measured in the same run.",
         epilog=f"benchmarks:\n{listing}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--only", action="append", metavar="NAME", help="run only these (repeat, or comma-separate)")
+    p.add_argument(
+        "--only", action="append", metavar="NAME", help="run only these (repeat, or comma-separate)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes and few rounds: a smoke test")
     p.add_argument("--rounds", type=int, help="override the number of rounds of every benchmark")
     p.add_argument("--profile", action="store_true", help="print a cProfile of jipkit's side (stderr)")
+    p.add_argument("--no-cold", action="store_true", help="never drop the page cache (no cold-cache load)")
     p.add_argument("--tmp", type=Path, help="parent folder of the scratch folder (default: the system's)")
     return p
 
@@ -60,15 +67,17 @@ def _sizes(quick: bool, rounds: int | None) -> Sizes:
     sizes = Sizes.quick() if quick else Sizes()
     if rounds is None:
         return sizes
-    fields = {f.name: rounds for f in dataclasses.fields(sizes) if f.name.endswith(("_rounds", "_runs"))}
+    fields: dict[str, Any] = {
+        f.name: rounds for f in dataclasses.fields(sizes) if f.name.endswith(("_rounds", "_runs"))
+    }
     return dataclasses.replace(sizes, **fields)
 
 
 def _run_one(name: str, ctx: Context) -> tuple[list[Table], bool]:
-    module = importlib.import_module(f"{__package__}.{BENCHMARKS[name][0]}")
     print(f"\n[{name}] {BENCHMARKS[name][1]}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
+        module = importlib.import_module(f"{__package__}.{BENCHMARKS[name][0]}")
         tables: list[Table] = module.run(ctx)
     except Exception:
         traceback.print_exc()
@@ -85,12 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="jip-bench-", dir=args.tmp))
     ok = True
     start = time.perf_counter()
-    print(f"jipkit data-layer benchmarks ({'quick' if args.quick else 'full'} sizes, {os.cpu_count()} CPUs)")
+    print(f"jipkit benchmarks ({'quick' if args.quick else 'full'} sizes, {os.cpu_count()} CPUs)")
     print("figures are medians; ratio = speed of the row / speed of the 'vs' baseline (>1: faster),")
     print("the median of per-round ratios; baselines are measured in the same run, interleaved.")
     try:
         for name in names:
-            ctx = Context(tmp=tmp / name, sizes=sizes, profile=args.profile)
+            ctx = Context(tmp=tmp / name, sizes=sizes, profile=args.profile, cold=not args.no_cold)
             ctx.tmp.mkdir()
             tables, good = _run_one(name, ctx)
             ok = ok and good

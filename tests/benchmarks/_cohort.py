@@ -35,6 +35,17 @@ GIVEN = (
     "Ursula", "Michael", "Petra", "Klaus", "Renate", "Wolfgang", "Karin", "Frank", "Birgit",
     "Jörg", "Heike", "Ahmet", "Ayşe", "Mehmet", "Zeynep", "Łukasz", "José", "Chloé", "Sören",
 )  # fmt: skip
+_STEMS = (
+    "Berg", "Stein", "Wald", "Linden", "Rosen", "Fried", "Hohen", "Kirch", "Brunn", "Eich", "Feld",
+    "Sonnen", "Ober", "Unter", "Neu", "Alt", "Groß", "Mühl", "Hütten", "Röder",
+)  # fmt: skip
+_ENDINGS = (
+    "mann", "hauer", "berger", "huber", "meier", "ling", "bach", "feld", "hoff", "stätter", "er",
+    "inger", "schmidt", "wald", "brink",
+)  # fmt: skip
+#: Every family name: the common ones first, then 300 rarer composed ones.
+_ALL_FAMILY = FAMILY + tuple(a + b for a in _STEMS for b in _ENDINGS)
+_COMMON_SHARE = 0.25
 _SINCE = dt.date(2010, 1, 1)
 _DAYS = (dt.date(2024, 12, 31) - _SINCE).days
 
@@ -49,10 +60,19 @@ def instance_count(rng: np.random.Generator) -> int:
     return int(rng.integers(100, 161))
 
 
+def _family_weights() -> np.ndarray:
+    common = 1.0 / np.sqrt(np.arange(1, len(FAMILY) + 1))
+    common *= _COMMON_SHARE / common.sum()
+    rare = np.full(len(_ALL_FAMILY) - len(FAMILY), (1 - _COMMON_SHARE) / (len(_ALL_FAMILY) - len(FAMILY)))
+    return np.concatenate([common, rare])
+
+
+_FAMILY_P = _family_weights()
+
+
 def pick_name(rng: np.random.Generator) -> str:
-    """A person name, family names Zipf-distributed (Müller is the commonest)."""
-    weights = 1.0 / np.arange(1, len(FAMILY) + 1)
-    family = FAMILY[int(rng.choice(len(FAMILY), p=weights / weights.sum()))]
+    """A person name; a quarter of family names are common ones (Müller, about 2%, first)."""
+    family = _ALL_FAMILY[int(rng.choice(len(_ALL_FAMILY), p=_FAMILY_P))]
     return f"{family}^{GIVEN[int(rng.integers(len(GIVEN)))]}"
 
 
@@ -81,7 +101,10 @@ class SeriesSpec:
             "modality": self.modality,
             "patient": {"PatientID": self.patient_id, "PatientName": self.patient_name},
             "study": {"StudyDate": self.study_date, "StudyDescription": f"{self.modality} research"},
-            "series": {"SeriesNumber": self.series_number, "SeriesDescription": f"series {self.series_number}"},
+            "series": {
+                "SeriesNumber": self.series_number,
+                "SeriesDescription": f"series {self.series_number}",
+            },
             "study_uid": self.study_uid,
             "seed": seed,
         }

@@ -39,7 +39,7 @@ class Sizes:
     load_shape: tuple[int, int, int] = (300, 512, 512)
     load_rounds: int = 5
     cold_rounds: int = 3
-    ingest_files: int = 6000
+    ingest_files: int = 9000
     ingest_rounds: int = 3
     query_instances: int = 1_000_000
     query_runs: int = 40
@@ -47,6 +47,11 @@ class Sizes:
     pacs_runs: int = 25
     retrieve_shape: tuple[int, int, int] = (300, 512, 512)
     retrieve_rounds: int = 4
+    runner_rounds: int = 9
+    latency_runs: int = 5
+    scale_sites: int = 1000
+    scale_runs: int = 5
+    federation_warmup: bool = True
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -63,6 +68,11 @@ class Sizes:
             pacs_runs=3,
             retrieve_shape=(10, 64, 64),
             retrieve_rounds=2,
+            runner_rounds=1,
+            latency_runs=1,
+            scale_sites=20,
+            scale_runs=1,
+            federation_warmup=False,
         )
 
 
@@ -73,6 +83,7 @@ class Context:
     tmp: Path
     sizes: Sizes
     profile: bool = False
+    cold: bool = True
 
     def say(self, message: str) -> None:
         """Progress, on stderr (the tables go to stdout)."""

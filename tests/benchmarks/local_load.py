@@ -12,6 +12,7 @@ import subprocess
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,14 +46,19 @@ def _pydicom_volume(files: Sequence[Path]) -> npt.NDArray[np.int16]:
     return np.stack([ds.pixel_array for ds in datasets])
 
 
+_sitk: Any = sitk  # SimpleITK's wrappers are untyped
+
+
 def _sitk_names(folder: Path, series_uid: str) -> Sequence[str]:
     """The series' files in slice order, found by GDCM (recursively)."""
-    names: Sequence[str] = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid, False, True)
+    names: Sequence[str] = _sitk.ImageSeriesReader.GetGDCMSeriesFileNames(
+        str(folder), series_uid, False, True
+    )
     return names
 
 
-def _sitk_read(names: Sequence[str]) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
+def _sitk_read(names: Sequence[str]) -> object:
+    reader = _sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     return reader.Execute()
 
@@ -101,14 +107,16 @@ def run(ctx: Context) -> list[Table]:
     ctx.say(f"warm cache: {rounds} rounds of {len(methods)} readers over {megabytes:.1f} MB")
     warm = interleave(methods, rounds, warmup=True)
     shape = f"{x}x{y}x{z}"
-    tables = [_table(f"load: {shape} CT from local files, warm cache ({rounds} rounds)", warm, megabytes, False)]
+    tables = [
+        _table(f"load: {shape} CT from local files, warm cache ({rounds} rounds)", warm, megabytes, False)
+    ]
     tables[0].notes.append(
         f"{len(files)} files, {megabytes:.1f} MB; figures are MB/s of file bytes; jipkit indexed the "
         "folder beforehand (untimed); SimpleITK as usually called: GetGDCMSeriesFileNames (scans and "
         "sorts the files) + Execute; 'pre-sorted': Execute on file names found beforehand."
     )
     ctx.run_profile("load_series, warm", next(m.run for m in methods if m.name == JIP))
-    if drop_caches():
+    if ctx.cold and drop_caches():
         cold_rounds = ctx.sizes.cold_rounds
         ctx.say(f"cold cache: {cold_rounds} rounds, page cache dropped before each read")
         cold = interleave([Method(m.name, m.run, drop_caches) for m in methods], cold_rounds)
