@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from jipkit.data.headers import FILE_FIELDS
@@ -461,11 +462,14 @@ class Index:
             sql += f" LIMIT {int(limit)}"
         with self._conn() as con:
             rows = con.execute(sql, params).fetchall()
-        df = pd.DataFrame.from_records(rows, columns=cols)
-        for c in cols:
-            if c in INTEGER and len(df) and df[c].notna().all():
-                df[c] = df[c].astype("int64")
-        return df
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in cols]
+        data: dict[str, Any] = {}
+        for name, values in zip(cols, columns, strict=True):
+            if name in INTEGER and None not in values:  # REAL in SQLite: whole numbers as int64
+                data[name] = np.asarray(values, dtype=np.float64).astype(np.int64)
+            else:
+                data[name] = list(values)
+        return pd.DataFrame(data, columns=cols)
 
     def instances_of(self, series_uid: str) -> pd.DataFrame:
         """Every instance row of one series (all locations), for loading."""
