@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything JIP needs on a Debian machine with Python 3.11, idempotently:
-# Debian packages (Orthanc with DICOMweb, dcmtk, Chromium), npm packages, and a
-# virtual environment in .venv with jipkit and its extras.  Re-running it is cheap:
+# Debian packages (Orthanc with DICOMweb, dcmtk, Chromium, bubblewrap for the kernel
+# sandbox; npm and Python 3.11 where missing), npm packages, a virtual environment in
+# .venv with jipkit and its extras, and the site's JIP kernel.  Re-running it is cheap:
 # each step is skipped when what it installs is already there and unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,11 @@ root=$(pwd)
 log() { printf '[jip install] %s\n' "$*" >&2; }
 
 # 1. Debian packages ------------------------------------------------------------
-apt_pkgs=(orthanc orthanc-dicomweb dcmtk chromium)
+apt_pkgs=(orthanc orthanc-dicomweb dcmtk chromium bubblewrap)
+command -v npm >/dev/null 2>&1 || apt_pkgs+=(npm)
+if ! python3.11 -c "import ensurepip, venv" >/dev/null 2>&1; then
+  apt_pkgs+=(python3.11 python3.11-venv)   # Debian 12's Python, with venv and ensurepip
+fi
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,13 +28,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # 2. npm packages (configurable-http-proxy for the site hub) --------------------
-if command -v npm >/dev/null 2>&1; then
-  if [ ! -x hub/node_modules/.bin/configurable-http-proxy ]; then
-    log "npm install (hub/)"
-    npm install --prefix hub --no-audit --no-fund --silent >/dev/null
-  fi
-else
-  log "npm not found: skipping configurable-http-proxy (needed only by the site hub)"
+if [ ! -x hub/node_modules/.bin/configurable-http-proxy ]; then
+  log "npm install (hub/)"
+  npm install --prefix hub --no-audit --no-fund --silent >/dev/null
 fi
 
 # 3. Python virtual environment ------------------------------------------------
