@@ -141,6 +141,12 @@ class LeaseRequest(_Body):
     attempt: int
 
 
+class HeldRequest(_Body):
+    """The attempt whose result waits at the site for a data steward's release."""
+
+    attempt: int
+
+
 class DeclineRequest(_Body):
     """The attempt that declines its job, and a refusal reason code."""
 
@@ -404,6 +410,11 @@ def create_app(config: CoordinatorConfig, *, service: Service | None = None) -> 
             if len(body) > limit:
                 raise too_large
         return svc().accept_result(who, job_id, bytes(body))
+
+    @app.post(f"{API}/site/jobs/{{job_id}}/held", tags=["sites"], responses=errors)
+    async def held(job_id: str, body: HeldRequest, who: ASite) -> dict[str, Any]:
+        """The attempt holding the lease ran the job; its result waits at the site for release."""
+        return svc().hold(who, job_id, body.attempt)
 
     @app.post(f"{API}/site/jobs/{{job_id}}/decline", tags=["sites"], responses=errors)
     async def decline(job_id: str, body: DeclineRequest, who: ASite) -> dict[str, Any]:

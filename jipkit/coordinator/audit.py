@@ -11,8 +11,10 @@ the state never disagree.  Data holds identifiers and hashes, never secrets or
 parameter values (those may be sensitive): parameters appear as their SHA-256.
 
 Actions: ``user``, ``role``, ``study``, ``site``, ``enrol``, ``submission``, ``review``,
-``approval``, ``run``, ``signature``, ``claim``, ``lease_expiry``, ``result``,
-``refusal``, ``decline``, ``cancel``, ``run_done``.
+``approval``, ``run``, ``signature``, ``claim``, ``lease_expiry``, ``held``, ``result``,
+``refusal``, ``decline``, ``cancel``, ``run_done``, ``site_audit_break`` and
+``site_audit_gap`` (a result showed that its site's audit log was rewritten or truncated,
+or skipped entries: see :mod:`jipkit.coordinator.provenance`).
 """
 
 from __future__ import annotations

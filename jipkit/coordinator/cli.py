@@ -15,7 +15,7 @@
     jip notebook review HASH --approve|--reject [--comment TEXT]
     jip notebook list --study S
     jip run --study S --notebook HASH|NB.ipynb [-p NAME=VALUE ...] [--site SITE ...] [--wait]
-    jip results RUN [--format table|csv|json]
+    jip results RUN [--format table|csv|json] [--long]
 
 The ``coordinator`` commands act on the local data folder (run them on the
 coordinator's machine); the others call the coordinator over HTTP with a user's token
@@ -147,9 +147,54 @@ def _job_label(job: dict[str, Any]) -> str:
     state = str(job["state"])
     if state == "leased":
         return f"running (attempt {job['attempt']})"
+    if state == "held":
+        return "held at site (waits for a data steward's release)"
+    if job.get("reason") == "release_rejected":
+        return "rejected at site (release_rejected)"
     if job.get("reason") and state != "succeeded":
         return f"{state}: {job['reason']}"
+    release = job.get("release")
+    if state == "succeeded" and isinstance(release, dict) and release.get("decision") == "approved":
+        n = release.get("stewards")
+        return f"succeeded (released at site by {n} steward{'s' if n != 1 else ''})"
     return state
+
+
+def _short(value: Any, n: int = 12) -> str:
+    return "-" if value is None else str(value)[:n]
+
+
+def provenance_frame(res: dict[str, Any]) -> Any:
+    """One row per site: what its result says it ran, with what, on which data, and the checks."""
+    import pandas as pd
+
+    rows = []
+    for s in res["sites"]:
+        p = s.get("provenance") or {}
+        audit = p.get("audit") or {}
+        match = p.get("parameters_match")
+        release = s.get("release") or {}
+        rows.append(
+            {
+                "site": s["site"],
+                "state": _job_label(s),
+                "version": _short(p.get("version_hash")),
+                "parameters": _short(p.get("parameters_sha256"))
+                + ("" if match is None else " (run's)" if match else " (NOT the run's)"),
+                "environment": _short(p.get("environment_digest")),
+                "series": "-" if p.get("series") is None else p["series"],
+                "signature": "-" if not p else "ok" if (p.get("signature") or {}).get("ok") else "INVALID",
+                "audit": audit.get("status", "-") if p else "-",
+                "release": release.get("decision", "-"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("site") if rows else pd.DataFrame()
+
+
+def _warnings(res: dict[str, Any]) -> list[str]:
+    return [
+        f"{s['site']}: {w}" for s in res["sites"] for w in ((s.get("provenance") or {}).get("warnings") or [])
+    ]
 
 
 def _progress(out: TextIO) -> Callable[[dict[str, Any]], None]:
@@ -212,6 +257,11 @@ def print_results(res: dict[str, Any], fmt: str, out: TextIO, *, long: bool = Fa
     per_site = {s["site"]: s["records"] if s["state"] == "succeeded" else None for s in res["sites"]}
     if long:
         _write_frame(records_long(per_site).set_index("site"), fmt, out)
+        if fmt != "csv":
+            out.write("\nprovenance\n")
+            _write_frame(provenance_frame(res), fmt, out)
+            for w in _warnings(res):
+                out.write(f"provenance warning: {w}\n")
         return
     states = pd.Series({s["site"]: _job_label(s) for s in res["sites"]}, name="state")
     if fmt == "csv":  # numbers as numbers (empty when missing or suppressed); tables: use --long or json
@@ -248,6 +298,8 @@ def print_results(res: dict[str, Any], fmt: str, out: TextIO, *, long: bool = Fa
             )
         out.write("\ncombined\n")
         out.write(pd.DataFrame(rows).to_string(index=False) + "\n")
+    for w in _warnings(res):
+        out.write(f"provenance warning: {w} (details: --long)\n")
 
 
 # ---------------------------------------------------------------------- coordinator (local)
@@ -603,7 +655,9 @@ def register(subparsers: Subparsers) -> None:
     s = subparsers.add_parser("results", parents=[http], help="a run's per-site and combined results")
     s.add_argument("run_id")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    s.add_argument("--long", action="store_true", help="one row per site and record")
+    s.add_argument(
+        "--long", action="store_true", help="one row per site and record, then each site's provenance"
+    )
     s.set_defaults(func=cmd_results)
 
 

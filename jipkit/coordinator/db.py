@@ -21,10 +21,16 @@ Tables::
     runs            run_id, study, version_hash, parameters (JSON), deadline_s, state:
                     running | done | cancelled
     jobs            job_id, run_id, site, state, attempt, lease_expires_at, reason,
-                    envelope_sha256; state: queued | leased | succeeded | failed |
-                    refused | declined | cancelled
+                    envelope_sha256; state: queued | leased | held | succeeded | failed |
+                    refused | declined | cancelled (held: the result waits at the site
+                    for a data steward's release; no lease runs)
     results         job_id (one per job), attempt, status, document (the signed JSON
                     as received), doc_sha256, content_sha256 (without the signature)
+    result_checks   job_id, audit_status (continuous | first | gap | break | missing),
+                    audit_problem, audit_first_seq, audit_entries, audit_head: what the
+                    coordinator found when it checked the result's audit section
+    site_audit      (site, seq), hash, job_id: every site audit log entry hash a site's
+                    results showed, to check the continuity of the next ones
     audit           id, at, actor, action, subject, data, prev_hash, hash (append-only:
                     triggers refuse UPDATE and DELETE)
 """
@@ -43,9 +49,21 @@ from jipkit.errors import ConfigError
 
 __all__ = ["FINAL_JOB_STATES", "JOB_STATES", "SCHEMA_VERSION", "Database"]
 
-SCHEMA_VERSION: Final = 1
-JOB_STATES: Final = ("queued", "leased", "succeeded", "failed", "refused", "declined", "cancelled")
+SCHEMA_VERSION: Final = 2
+JOB_STATES: Final = ("queued", "leased", "held", "succeeded", "failed", "refused", "declined", "cancelled")
 FINAL_JOB_STATES: Final = ("succeeded", "failed", "refused", "declined", "cancelled")
+
+_JOBS_COLUMNS: Final = """    id INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL UNIQUE,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    site TEXT NOT NULL REFERENCES sites(name),
+    state TEXT NOT NULL CHECK (state IN
+        ('queued', 'leased', 'held', 'succeeded', 'failed', 'refused', 'declined', 'cancelled')),
+    attempt INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at REAL,
+    envelope_sha256 TEXT,
+    reason TEXT,
+    updated_at TEXT NOT NULL"""
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -120,17 +138,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_study ON runs (study);
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL UNIQUE,
-    run_id TEXT NOT NULL REFERENCES runs(run_id),
-    site TEXT NOT NULL REFERENCES sites(name),
-    state TEXT NOT NULL CHECK (state IN
-        ('queued', 'leased', 'succeeded', 'failed', 'refused', 'declined', 'cancelled')),
-    attempt INTEGER NOT NULL DEFAULT 0,
-    lease_expires_at REAL,
-    envelope_sha256 TEXT,
-    reason TEXT,
-    updated_at TEXT NOT NULL
+{jobs_columns}
 );
 CREATE INDEX IF NOT EXISTS jobs_site_state ON jobs (site, state, id);
 CREATE INDEX IF NOT EXISTS jobs_run_state ON jobs (run_id, state);
@@ -159,6 +167,27 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS result_checks (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(job_id),
+    audit_status TEXT NOT NULL CHECK (audit_status IN ('continuous', 'first', 'gap', 'break', 'missing')),
+    audit_problem TEXT,
+    audit_first_seq INTEGER,
+    audit_entries INTEGER NOT NULL DEFAULT 0,
+    audit_head TEXT
+);
+CREATE TABLE IF NOT EXISTS site_audit (
+    site TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    job_id TEXT,
+    PRIMARY KEY (site, seq)
+);
+""".replace("{jobs_columns}", _JOBS_COLUMNS)
+
+_JOBS_INDEXES: Final = """
+CREATE INDEX IF NOT EXISTS jobs_site_state ON jobs (site, state, id);
+CREATE INDEX IF NOT EXISTS jobs_run_state ON jobs (run_id, state);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (state, lease_expires_at);
 """
 
 
@@ -212,11 +241,47 @@ class Database:
                 self._conn.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
+            elif int(row[0]) == 1:
+                self._migrate_1_to_2()
             elif int(row[0]) != SCHEMA_VERSION:
                 raise ConfigError(
                     f"The coordinator database {self.path} has schema version {row[0]}; this jipkit "
                     f"reads version {SCHEMA_VERSION}. Use the matching jipkit version."
                 )
+
+    def _migrate_1_to_2(self) -> None:
+        """Version 2 adds the job state ``held`` (the tables of version 2 exist by now).
+
+        SQLite cannot change a CHECK constraint: the jobs table is rebuilt, as its
+        documentation describes (foreign keys off, copy, drop, rename, check, commit).
+        """
+        c = self._conn
+        c.execute("PRAGMA foreign_keys=OFF")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                version = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+                if int(version) == 1:  # another process may have migrated meanwhile
+                    c.execute(f"CREATE TABLE jobs_v2 ({_JOBS_COLUMNS})")
+                    c.execute("INSERT INTO jobs_v2 SELECT * FROM jobs")
+                    c.execute("DROP TABLE jobs")
+                    c.execute("ALTER TABLE jobs_v2 RENAME TO jobs")
+                    for stmt in filter(str.strip, _JOBS_INDEXES.split(";")):
+                        c.execute(stmt)
+                    if c.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                        raise ConfigError(
+                            f"Migrating the coordinator database {self.path} to version 2 found broken "
+                            "references; it is left at version 1. Restore it from a backup."
+                        )
+                    c.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                    )
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        finally:
+            c.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

@@ -1,8 +1,10 @@
-"""The site side of jobs: claims, leases and their expiry, declines.
+"""The site side of jobs: claims, leases and their expiry, holds, declines.
 
 A site's claim leases its oldest queued job to a new attempt and signs its envelope; a
 lease that runs out requeues the job, or fails it (``lease_expired``) after
-``max_attempts``.  The whole life cycle of a job is drawn in
+``max_attempts``.  A site whose result waits for a data steward's release reports the
+job ``held``: its lease stops running (a steward may take days) until the held attempt's
+result comes.  The whole life cycle of a job is drawn in
 :mod:`jipkit.coordinator.service`.
 """
 
@@ -36,9 +38,9 @@ class Claim:
 
 
 def finish_run_if_done(c: sqlite3.Connection, run_id: str, now: float) -> None:
-    """Mark the run ``done`` (and audit it) once none of its jobs is queued or leased."""
+    """Mark the run ``done`` (and audit it) once none of its jobs is queued, leased or held."""
     open_jobs = c.execute(
-        "SELECT count(*) FROM jobs WHERE run_id = ? AND state IN ('queued', 'leased')", (run_id,)
+        "SELECT count(*) FROM jobs WHERE run_id = ? AND state IN ('queued', 'leased', 'held')", (run_id,)
     ).fetchone()[0]
     if open_jobs == 0:
         cur = c.execute(
@@ -233,6 +235,37 @@ class LeasesMixin(ServiceBase):
                 (lease, iso(now), job_id),
             )
         return iso(lease)
+
+    def hold(self, site: SitePrincipal, job_id: str, attempt: int) -> dict[str, Any]:
+        """The attempt holding the lease ran the job; its result waits at the site for release.
+
+        The job becomes ``held``: no lease runs, nothing expires, and a result from this
+        attempt is accepted later without a lease.
+
+        Returns
+        -------
+        dict
+            ``{held: true, duplicate: bool}``.
+
+        Raises
+        ------
+        CoordinatorError
+            ``lease_lost`` or ``cancelled`` (409), ``wrong_site``, ``not_found``.
+        """
+        now = self._clock()
+        with self.db.write() as c:
+            job = site_job(c, site, job_id)
+            if job["state"] == "held" and job["attempt"] == attempt:
+                return {"held": True, "duplicate": True}
+            err = holds_lease(job, attempt, now)
+            if err is not None:
+                raise err
+            c.execute(
+                "UPDATE jobs SET state = 'held', lease_expires_at = NULL, updated_at = ? WHERE job_id = ?",
+                (iso(now), job_id),
+            )
+            audit.append(c, site.actor, "held", job_id, {"attempt": attempt})
+        return {"held": True, "duplicate": False}
 
     def decline(self, site: SitePrincipal, job_id: str, attempt: int, reason: str) -> dict[str, Any]:
         """A site declines a job it holds (it will not run it); final.

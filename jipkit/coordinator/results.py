@@ -1,4 +1,11 @@
-"""Results: accept a site's signed result for a job, and show a run's results."""
+"""Results: accept a site's signed result for a job, and show a run's results.
+
+A result is accepted from the attempt that holds the job's lease, or, for a job the site
+reported ``held`` (its result waited for a data steward's release), from the held attempt
+without a lease.  Its provenance is checked (:mod:`jipkit.coordinator.provenance`): the
+format, and the continuity of the site's audit log, which is recorded per result and
+shown with the run's results.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from jipkit.coordinator import audit
 from jipkit.coordinator.access import ROLES, Principal, SitePrincipal, refused
 from jipkit.coordinator.base import ServiceBase, iso
 from jipkit.coordinator.leases import finish_run_if_done, holds_lease, site_job
+from jipkit.coordinator.provenance import check_audit_section, check_provenance, summary
 from jipkit.coordinator.runs import run_row
 from jipkit.errors import CoordinatorError, NotebookError, SignatureError
 from jipkit.protocol.canonical import canonical_json, sha256_hex
@@ -134,6 +142,7 @@ class ResultsMixin(ServiceBase):
         except SignatureError as err:
             raise refused(400, "signature_invalid", str(err)) from err
         check_result(doc, job, vh)
+        check_provenance(doc)
         content = sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "signature"}))
         now = self._clock()
         refusal: CoordinatorError | None = None
@@ -148,6 +157,8 @@ class ResultsMixin(ServiceBase):
                     "result_conflict",
                     f"A different result for job {job_id} was accepted first; it is final.",
                 )
+            elif job["state"] == "held" and job["attempt"] == doc["attempt"]:
+                refusal = None  # the held attempt: released (or rejected) at the site, no lease needed
             else:
                 refusal = holds_lease(job, doc["attempt"], now)
             if refusal is not None:
@@ -172,6 +183,9 @@ class ResultsMixin(ServiceBase):
                     "UPDATE jobs SET state = ?, reason = ?, lease_expires_at = NULL, updated_at = ? WHERE job_id = ?",
                     (doc["status"], doc.get("reason"), iso(now), job_id),
                 )
+                prov = doc.get("provenance")
+                section = prov.get("audit") if isinstance(prov, dict) else None
+                release = doc.get("release")
                 audit.append(
                     c,
                     site.actor,
@@ -182,7 +196,14 @@ class ResultsMixin(ServiceBase):
                         "status": doc["status"],
                         "reason": doc.get("reason"),
                         "sha256": content,
+                        "release": release.get("decision") if isinstance(release, dict) else None,
                     },
+                )
+                found = check_audit_section(c, site.name, job_id, section)
+                c.execute(
+                    "INSERT OR REPLACE INTO result_checks (job_id, audit_status, audit_problem, audit_first_seq, "
+                    "audit_entries, audit_head) VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, found.status, found.problem, found.first_seq, found.entries, found.head),
                 )
                 finish_run_if_done(c, job["run_id"], now)
         if refusal is not None:
@@ -196,9 +217,12 @@ class ResultsMixin(ServiceBase):
         -------
         dict
             ``{run_id, study, version_hash, state, sites: [...], combined: [...]}``; each
-            site entry holds its job's state and, once a result came, its status,
-            reason, failed cell, exception class, records and outputs.  ``combined``
-            pools the records of succeeded jobs (others count as missing; see
+            site entry holds its job's state (``held``: the result waits at the site for
+            a data steward's release) and, once a result came, its status, reason,
+            failed cell, exception class, records, outputs, the stewards' decision
+            (``release``) and its ``provenance`` (see
+            :func:`jipkit.coordinator.provenance.summary`).  ``combined`` pools the
+            records of succeeded jobs (others count as missing; see
             :func:`jipkit.coordinator.aggregate.combine`).
         """
         from jipkit.coordinator.aggregate import combine
@@ -206,10 +230,14 @@ class ResultsMixin(ServiceBase):
         with self.db.read() as c:
             run = run_row(c, caller, run_id, ROLES)
             rows = c.execute(
-                "SELECT j.job_id, j.site, j.state, j.attempt, j.reason AS job_reason, r.document, r.received_at "
-                "FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id WHERE j.run_id = ? ORDER BY j.site",
+                "SELECT j.job_id, j.site, j.state, j.attempt, j.reason AS job_reason, j.updated_at, r.document, "
+                "r.received_at, k.audit_status, k.audit_problem, k.audit_first_seq, k.audit_entries, k.audit_head, "
+                "s.public_key FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id "
+                "LEFT JOIN result_checks k ON k.job_id = j.job_id LEFT JOIN sites s ON s.name = j.site "
+                "WHERE j.run_id = ? ORDER BY j.site",
                 (run_id,),
             ).fetchall()
+        params_sha = sha256_hex(run["parameters"].encode("utf-8"))
         sites = []
         records: dict[str, list[dict[str, Any]] | None] = {}
         for r in rows:
@@ -228,6 +256,16 @@ class ResultsMixin(ServiceBase):
                 "started_at": doc.get("started_at"),
                 "finished_at": doc.get("finished_at"),
                 "received_at": r["received_at"],
+                "held_since": r["updated_at"] if r["state"] == "held" else None,
+                "release": doc.get("release") if isinstance(doc.get("release"), dict) else None,
+                "provenance": None
+                if not doc
+                else summary(
+                    doc,
+                    None if r["audit_status"] is None else dict(r),
+                    pinned_key=r["public_key"],
+                    run_parameters_sha256=params_sha,
+                ),
             }
             sites.append(entry)
             records[r["site"]] = entry["records"] if r["state"] == "succeeded" else None

@@ -173,9 +173,10 @@ class RunsMixin(ServiceBase):
         }
 
     def cancel_run(self, caller: Principal, run_id: str) -> dict[str, Any]:
-        """Cancel a run: its queued and leased jobs end ``cancelled`` (coordinators, admins).
+        """Cancel a run: its queued, leased and held jobs end ``cancelled`` (coordinators, admins).
 
-        A runner holding a lease learns it at its next renewal (409 ``cancelled``).
+        A runner holding a lease learns it at its next renewal (409 ``cancelled``); a site
+        holding a result for release, when it sends it (409 ``cancelled``).
 
         Returns
         -------
@@ -195,12 +196,13 @@ class RunsMixin(ServiceBase):
             ids = [
                 r[0]
                 for r in c.execute(
-                    "SELECT job_id FROM jobs WHERE run_id = ? AND state IN ('queued', 'leased')", (run_id,)
+                    "SELECT job_id FROM jobs WHERE run_id = ? AND state IN ('queued', 'leased', 'held')",
+                    (run_id,),
                 )
             ]
             c.execute(
                 "UPDATE jobs SET state = 'cancelled', reason = 'cancelled', lease_expires_at = NULL, updated_at = ? "
-                "WHERE run_id = ? AND state IN ('queued', 'leased')",
+                "WHERE run_id = ? AND state IN ('queued', 'leased', 'held')",
                 (now, run_id),
             )
             if run["state"] == "running":

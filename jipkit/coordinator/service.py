@@ -33,7 +33,13 @@ again is acknowledged as a duplicate, a different one refused (409).
     queued --claim--> leased --result--> succeeded | failed | refused
       ^                 |  \\--decline--> declined
       '--lease expiry---'   \\--lease expiry after max_attempts--> failed (lease_expired)
-    queued | leased --cancel--> cancelled
+                        '--held--> held --result of the held attempt--> succeeded | failed
+    queued | leased | held --cancel--> cancelled
+
+``held``: the site ran the job and its result waits for a data steward's release; no
+lease runs.  The released result (or ``failed`` / ``release_rejected``) is accepted from
+the held attempt.  Each result's provenance is checked, the continuity of the site's
+audit log included (:mod:`jipkit.coordinator.provenance`).
 """
 
 from __future__ import annotations

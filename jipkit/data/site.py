@@ -10,7 +10,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -414,6 +414,9 @@ def connect(config: SiteConfig | str | os.PathLike[str] | None = None, **overrid
     Returns
     -------
     Site
+        In a notebook run by the site's runner (``$JIPKIT_DATA_SOCKET`` set, no
+        arguments): a :class:`jipkit.data.remote.RemoteSite`, with the same queries and
+        ``load_series`` over the runner's data channel.
 
     Examples
     --------
@@ -422,6 +425,11 @@ def connect(config: SiteConfig | str | os.PathLike[str] | None = None, **overrid
     >>> ct = site.find_series(Modality="CT", StudyDate="2020")  # doctest: +SKIP
     >>> vol = site.load_series(ct.SeriesInstanceUID[0])  # doctest: +SKIP
     """
+    channel = os.environ.get("JIPKIT_DATA_SOCKET")
+    if channel and config is None and not overrides:
+        from jipkit.data.remote import RemoteSite
+
+        return cast(Site, RemoteSite(channel))  # the query and load methods of a Site
     if isinstance(config, SiteConfig):
         cfg = config.model_copy(update=overrides) if overrides else config
     else:

@@ -23,7 +23,13 @@ lease against the ``Date`` header of the coordinator's answers.
     renews the lease; ``409 {reason: lease_lost | cancelled}`` tells the runner to stop.
 ``POST /api/v1/site/jobs/{job_id}/result``  a signed result -> ``200 {accepted: true,
     duplicate: bool}``; ``409`` when another result was accepted first or the attempt does
-    not hold the lease; ``400`` when the signature or format is wrong.
+    not hold the lease (nor the hold, below); ``400`` when the signature or format is wrong.
+``POST /api/v1/site/jobs/{job_id}/held``    ``{attempt}`` -> ``200 {held: true, duplicate:
+    bool}``: the attempt holding the lease ran the job, and its result waits at the site
+    for a data steward's release.  The job becomes ``held``: its lease no longer expires,
+    and the coordinator shows it as "held at site".  A result from the held attempt is
+    accepted later without a lease (the released result, or ``failed`` /
+    ``release_rejected``).  ``409 {reason: lease_lost | cancelled}`` as for a renewal.
 ``POST /api/v1/site/jobs/{job_id}/decline`` ``{attempt, reason}`` -> ``200``.
 
 Users
@@ -41,9 +47,16 @@ Users
     ``{decision: approve | reject, comment}``
 ``POST /api/v1/runs``                  (coordinator) ``{study, version_hash, parameters,
     sites, deadline_s}`` -> ``{run_id, jobs}``
-``GET  /api/v1/runs/{run_id}``         (member) run and per-site job states
-``POST /api/v1/runs/{run_id}/cancel``  (coordinator)
-``GET  /api/v1/runs/{run_id}/results`` (member) per-site results and the combined records
+``GET  /api/v1/runs/{run_id}``         (member) run and per-site job states (``held``: the
+    result waits at the site for a data steward's release)
+``POST /api/v1/runs/{run_id}/cancel``  (coordinator) queued, leased and held jobs end ``cancelled``
+``GET  /api/v1/runs/{run_id}/results`` (member) per-site results and the combined records;
+    each site entry carries ``release`` (the steward decision, or null) and ``provenance``:
+    ``{present, version_hash, parameters_sha256, parameters_match, environment_digest,
+    series, signature: {ok, key_id}, audit: {status, problem, first_seq, entries, head},
+    warnings: [...]}`` where ``audit.status`` is ``continuous``, ``first`` (nothing to compare
+    with yet), ``gap`` (entries never reported in between), ``break`` (the site's audit
+    log was rewritten or truncated) or ``missing`` (no provenance)
 """
 
 from __future__ import annotations

@@ -13,16 +13,55 @@ Result (made and signed by the site; verified by the coordinator)::
      "version_hash": "...", "status": "succeeded" | "failed" | "refused",
      "reason": null | <reason code>, "failed_cell": null | int, "exception": null | "ValueError",
      "outputs": [{"cell": 3, "outputs": [<nbformat outputs>]}], "records": [<records>],
-     "started_at": "...", "finished_at": "...", "kernel": "jip", "signature": {...}}
+     "started_at": "...", "finished_at": "...", "kernel": "jip",
+     "isolation": "sandbox" | "none" | null,
+     "provenance": {<see below>}, "release": null | {<see below>}, "signature": {...}}
 
 A refused result reports what the runner saw, so its ``run_id`` and ``version_hash`` may
 be null or not match the job (the coordinator accepts that for refusals only).
 The envelope's ``expires_at`` is ``issued_at`` plus the coordinator's envelope lifetime
 (900 s by default). A refusal carries ``"kernel": null``; a failed or refused result carries no outputs and
-no records (what leaves a site is kept minimal).
+no records (what leaves a site is kept minimal).  ``isolation`` (optional: older runners
+leave it out) says whether the kernel ran in the site's sandbox (``"sandbox"``) or, as the
+site's policy allowed, without it (``"none"``); a refusal carries ``null``.
 
 Only reason codes, cell indices and Python built-in exception class names describe a
 failure across a site's boundary: never a message, a path or a traceback.
+
+Provenance (optional in ``jip.result/1``: results of older runners lack it, and the
+coordinator then shows "no provenance"; when present, the site's signature covers it)::
+
+    "provenance": {
+      "version_hash": "<sha256>",              # the notebook version that ran (as the site saw it)
+      "parameters_sha256": "<sha256>",         # of the canonical JSON of the parameters
+      "environment": {"digest": "<sha256>",    # of the sorted "name==version" lines of the kernel's
+                      "python": "3.11.9",      #   Python and its packages (null: not determinable)
+                      "packages": 123} | null,
+      "data": {"series": 2,                    # series the run read (the data channel's record)
+               "uids": ["<hmac>", ...],        # HMAC-SHA256(salt, SeriesInstanceUID), sorted
+               "salt_sha256": "<sha256>" | null},  # commits to the salt, which stays at the site
+      "audit": {"first_seq": 12,               # the site audit log's entries appended since the
+                "prev": "<hash of entry 11>",  #   last result the coordinator acknowledged
+                "hashes": ["<hash 12>", ...]}  #   (see audit continuity below)
+    }
+
+The salt is chosen per result and kept at the site (``jip site provenance JOB``), so the
+site can later prove which series a result used; without the salt the UIDs cannot be
+recovered or linked across results.
+
+Release (set when a data steward released or rejected a result held at the site)::
+
+    "release": {"decision": "approved" | "rejected", "stewards": 2, "decided_at": "..."}
+
+A rejected release is sent as ``status: "failed"``, ``reason: "release_rejected"`` with no
+outputs and no records: the content never leaves.  Stewards' names and comments stay at
+the site.
+
+Audit continuity: the coordinator keeps, per site, every audit entry hash it was shown,
+and checks each new section against them: ``prev`` must be the hash it saw at
+``first_seq - 1`` and every hash at a sequence number it saw before must be the same.
+A mismatch means the site's log was rewritten or truncated; the coordinator accepts the
+result, flags it (audit continuity ``break``) and records the break in its own audit log.
 """
 
 from __future__ import annotations
@@ -36,6 +75,7 @@ __all__ = [
     "FAILURE_REASONS",
     "JOB_TYPE",
     "REFUSAL_REASONS",
+    "RELEASE_DECISIONS",
     "RESULT_STATUSES",
     "RESULT_TYPE",
     "builtin_exception_name",
@@ -61,6 +101,7 @@ REFUSAL_REASONS: Final = (
     "policy_unapproved",  # the site approves versions locally, and has not approved this one
     "declined",  # the site's operator declined it
     "envelope_invalid",  # signed, but not a job envelope of this format
+    "isolation_unavailable",  # the site cannot sandbox the kernel, and its policy forbids running without
 )
 
 #: Why a job that ran did not succeed.
@@ -72,7 +113,11 @@ FAILURE_REASONS: Final = (
     "output_invalid",  # a record does not follow the schema
     "internal_error",  # the runner itself failed
     "lease_expired",  # (set by the coordinator) leases expired max_attempts times
+    "release_rejected",  # the site's data steward(s) did not release the result
 )
+
+#: What ``release.decision`` may say.
+RELEASE_DECISIONS: Final = ("approved", "rejected")
 
 _BUILTIN_EXCEPTIONS: Final = frozenset(
     name for name, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, BaseException)

@@ -10,9 +10,15 @@ A hospital's runner makes outbound connections only.  For each job it
    coordinator acknowledges it (:mod:`jipkit.site.runner`, over the HTTP client in
    :mod:`jipkit.site.client`).
 
-Its local state (replay protection, local approvals, the hash-chained site audit log)
-lives in SQLite (:mod:`jipkit.site.state`); its configuration is the ``[federation]``
-table of the site's TOML file (:mod:`jipkit.site.fedconfig`).
+Results the site's policy holds wait for a data steward's release
+(:mod:`jipkit.site.release`, ``jip site release``); every result carries its provenance
+(:mod:`jipkit.site.provenance`: version, parameters, kernel environment, a salted data
+manifest, the site audit log's new entries) under the site's signature.
+
+Its local state (replay protection, local approvals, the release queue, the salts of
+the data manifests, the hash-chained site audit log) lives in SQLite
+(:mod:`jipkit.site.state`); its configuration is the ``[federation]`` table of the
+site's TOML file (:mod:`jipkit.site.fedconfig`).
 
 This package is imported by :mod:`jipkit.config` (for :class:`FederationConfig`), so it
 imports nothing eagerly: the names below load on first use.

@@ -1,7 +1,8 @@
 """The site's side of the coordinator's API: an HTTP client, and the back-off between retries.
 
 :class:`CoordinatorClient` speaks the site endpoints (:mod:`jipkit.protocol.api`): enrol,
-long-poll for the next job, renew a lease, upload a signed result.  The site token
+long-poll for the next job, renew a lease, report a result held for release, upload a
+signed result.  The site token
 travels in the ``Authorization`` header only, never in a URL or a log line.  A lease
 renewal answered with 409 raises :class:`LeaseEnded`.  :class:`Backoff` spaces the
 retries of a failed request (jittered, exponential).
@@ -197,6 +198,28 @@ class CoordinatorClient:
         except (ValueError, AttributeError):
             expires = None
         return _seconds_left(expires, resp.headers.get("date"))
+
+    def held(self, job_id: str, attempt: int) -> str:
+        """Tell the coordinator that the job's result waits here for release.
+
+        Returns
+        -------
+        str
+            ``acknowledged``, or ``rejected`` (409: the attempt lost its lease, or the run
+            was cancelled; another 4xx).
+
+        Raises
+        ------
+        CoordinatorError
+            No answer, or an answer worth retrying (5xx, 408, 429).
+        """
+        resp = self._request("POST", f"/site/jobs/{job_id}/held", json={"attempt": attempt})
+        if resp.status_code == 200:
+            return "acknowledged"
+        if resp.status_code in _RETRY_STATUSES:
+            raise self._fail(resp, "Telling the coordinator that the job is held failed")
+        log.warning("job %s: %s", job_id, self._fail(resp, "The coordinator refused the hold"))
+        return "rejected"
 
     def post_result(self, job_id: str, body: bytes) -> str:
         """Upload a signed result: ``acknowledged``, or ``rejected`` (409 or another 4xx).

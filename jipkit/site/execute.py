@@ -2,10 +2,17 @@
 
 Each run gets
 
-- a fresh working directory under the runner's ``workdir`` (mode 0700): the kernel's
-  ``HOME`` and current directory, ``TMPDIR``, IPython's and Jupyter's directories, the
-  kernel's own stdout and stderr (``kernel.log``) and the executed notebook
-  (``executed.ipynb``), kept as the site's record of the run;
+- a fresh working directory under the runner's ``workdir`` (mode 0700): the kernel's own
+  stdout and stderr (``kernel.log``) and the executed notebook (``executed.ipynb``), kept
+  as the site's record of the run; without the sandbox also the kernel's ``HOME`` and
+  current directory, ``TMPDIR``, IPython's and Jupyter's directories;
+- with ``sandbox`` (see :mod:`jipkit.site.sandbox`): a kernel confined by bubblewrap, as
+  an unprivileged user without network, seeing only the system and its Python read-only,
+  with a size-limited scratch ``/tmp`` as its home, in a memory cgroup of its own; its
+  per-run kernelspec is kept in ``<run>/sandbox/kernels``;
+- with ``data``: the site's data served to the kernel over a Unix socket in the runtime
+  folder (:mod:`jipkit.site.dataserver`); ``jip.connect()`` in the kernel uses it, and the
+  outcome lists the series the run read;
 - a kernel environment built from an allow-list (:func:`kernel_environment`): no
   ``JIP_*`` secrets, no tokens, nothing of the runner's environment that is not named;
 - kernel channels over Unix sockets (``ipc``) in a private runtime folder, not TCP;
@@ -36,16 +43,21 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 
+from jipkit.data.remote import DATA_SOCKET_ENV
 from jipkit.errors import ConfigError, NotebookError
 from jipkit.protocol.messages import builtin_exception_name, utcnow_iso
 from jipkit.protocol.notebook import to_nbformat
 from jipkit.protocol.records import extract_records
+from jipkit.site.sandbox import SCRATCH, Sandbox, SandboxError, SandboxSupport
+
+if TYPE_CHECKING:
+    from jipkit.data.site import Site
 
 __all__ = [
     "BASE_ENV",
@@ -126,6 +138,11 @@ class Outcome:
         The kernelspec that ran it.
     run_dir : Path
         The run's working directory (the site's record of the run).
+    isolation : {"sandbox", "none"}
+        Whether the kernel ran in the sandbox.
+    series_read : tuple of str
+        SeriesInstanceUIDs the run read through the data channel (for provenance; stays
+        at the site).
     """
 
     status: Literal["succeeded", "failed"]
@@ -138,6 +155,8 @@ class Outcome:
     finished_at: str
     kernel: str
     run_dir: Path = field(compare=False)
+    isolation: Literal["sandbox", "none"] = "none"
+    series_read: tuple[str, ...] = ()
 
 
 def _kernel_spec_manager(kernel_dirs: Iterable[Path] | None) -> KernelSpecManager:
@@ -176,6 +195,7 @@ def kernel_environment(
     extra: Mapping[str, str] | None = None,
     passthrough: Iterable[str] = (),
     base: Mapping[str, str] | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, str]:
     """The kernel's whole environment, built from an allow-list.
 
@@ -194,6 +214,9 @@ def kernel_environment(
         ``JIP_*``.
     base : mapping, optional
         The runner's environment (default ``os.environ``).
+    scratch : Path, optional
+        The kernel's home, as the kernel sees it (the sandbox's ``/tmp``): ``HOME``,
+        ``TMPDIR`` and the IPython and Jupyter directories point into it, not ``run_dir``.
 
     Raises
     ------
@@ -209,15 +232,16 @@ def kernel_environment(
         )
     env = {n: base[n] for n in names if n in base}
     env.setdefault("PATH", os.defpath)
-    home = run_dir / "home"
+    home = run_dir / "home" if scratch is None else scratch
+    here = run_dir if scratch is None else scratch
     env.update(
         HOME=str(home),
-        TMPDIR=str(run_dir / "tmp"),
-        IPYTHONDIR=str(run_dir / "ipython"),
-        JUPYTER_CONFIG_DIR=str(run_dir / "jupyter" / "config"),
-        JUPYTER_DATA_DIR=str(run_dir / "jupyter" / "data"),
+        TMPDIR=str(run_dir / "tmp" if scratch is None else scratch),
+        IPYTHONDIR=str(here / "ipython"),
+        JUPYTER_CONFIG_DIR=str(here / "jupyter" / "config"),
+        JUPYTER_DATA_DIR=str(here / "jupyter" / "data"),
         JUPYTER_RUNTIME_DIR=str(runtime_dir),
-        MPLCONFIGDIR=str(run_dir / "matplotlib"),
+        MPLCONFIGDIR=str(here / "matplotlib"),
         MPLBACKEND="agg",
         XDG_CACHE_HOME=str(home / ".cache"),
         XDG_CONFIG_HOME=str(home / ".config"),
@@ -375,6 +399,8 @@ def run_notebook(
     stop: StopFlag | None = None,
     label: str = "run",
     start_timeout: float = 60,
+    sandbox: SandboxSupport | None = None,
+    data: Site | None = None,
 ) -> Outcome:
     """Execute a canonical notebook with papermill; never raises for what the notebook does.
 
@@ -401,6 +427,12 @@ def run_notebook(
         A name for the run's folder and log lines (the job ID).
     start_timeout : float
         Seconds to wait for the kernel to start.
+    sandbox : SandboxSupport, optional
+        Run the kernel in the sandbox (an available one, from
+        :func:`jipkit.site.sandbox.probe`); default: a plain kernel (``isolation`` none).
+    data : Site, optional
+        Serve this site's index queries and series reads to the kernel over the data
+        channel (``$JIPKIT_DATA_SOCKET``).
 
     Returns
     -------
@@ -413,11 +445,29 @@ def run_notebook(
     from papermill.iorw import load_notebook_node  # type: ignore[import-untyped]
     from papermill.parameterize import parameterize_notebook  # type: ignore[import-untyped]
 
+    from jipkit.site.dataserver import DataServer
+
     started, t0 = utcnow_iso(), time.monotonic()
+    isolation: Literal["sandbox", "none"] = "none" if sandbox is None else "sandbox"
     run_dir = _make_run_dir(workdir, label)
-    runtime = Path(tempfile.mkdtemp(prefix="jip-rt-"))  # short: Unix socket paths hold <= 107 bytes
-    env = kernel_environment(run_dir, runtime, extra=extra_env, passthrough=env_passthrough)
-    run = _Run(env, run_dir / "home", run_dir / "kernel.log", _kernel_spec_manager(kernel_dirs), runtime)
+    server: DataServer | None = None
+
+    def failed(reason: str, cell: int | None = None, exception: str | None = None) -> Outcome:
+        return Outcome(
+            "failed",
+            reason,
+            cell,
+            exception,
+            [],
+            [],
+            started,
+            utcnow_iso(),
+            kernel_name,
+            run_dir,
+            isolation,
+            tuple(server.series_read) if server is not None else (),
+        )
+
     nb = load_notebook_node(nbformat.from_dict(to_nbformat(canon)))  # type: ignore[no-untyped-call]
     if parameters:
         nb = parameterize_notebook(nb, dict(parameters), kernel_name=kernel_name, language=canon["language"])
@@ -425,8 +475,46 @@ def run_notebook(
             _check_injected(nb, parameters)
         except NotebookError as bad:
             log.error("%s: %s; not running it", label, bad)
-            now = utcnow_iso()
-            return Outcome("failed", "internal_error", None, None, [], [], started, now, kernel_name, run_dir)
+            return failed("internal_error")
+    # Short: Unix socket paths hold <= 107 bytes.  A sandboxed kernel can write into its runtime
+    # folder: in /dev/shm (a tmpfs) what it writes counts against its memory cgroup.
+    shm = sandbox is not None and os.access("/dev/shm", os.W_OK | os.X_OK)
+    runtime = Path(tempfile.mkdtemp(prefix="jip-rt-", dir="/dev/shm" if shm else None))
+    socket_path = runtime / "data.sock"
+    extra = dict(extra_env or {})
+    if data is not None:
+        extra[DATA_SOCKET_ENV] = str(socket_path)
+    try:
+        env = kernel_environment(
+            run_dir,
+            runtime,
+            extra=extra,
+            passthrough=env_passthrough,
+            scratch=SCRATCH if sandbox is not None else None,
+        )
+    except BaseException:
+        shutil.rmtree(runtime, ignore_errors=True)
+        raise
+    ksm = _kernel_spec_manager(kernel_dirs)
+    box: Sandbox | None = None
+    try:
+        if sandbox is not None:
+            base = ksm.get_kernel_spec(kernel_name).to_dict()
+            box = Sandbox(
+                sandbox, base, kernel_name=kernel_name, run_dir=run_dir, runtime=runtime, label=label
+            )
+            ksm = KernelSpecManager(kernel_dirs=[str(box.kernels_dir)])
+            env = box.environment(env)
+        if data is not None:
+            owner = (sandbox.config.uid, sandbox.config.gid) if sandbox is not None else None
+            server = DataServer(data, socket_path, owner=owner, label=label).start()
+    except (SandboxError, NoSuchKernel, OSError) as setup_error:
+        log.error("%s: the run could not be set up: %s", label, setup_error)
+        if box is not None:
+            box.close()
+        shutil.rmtree(runtime, ignore_errors=True)
+        return failed("internal_error")
+    run = _Run(env, run_dir / "home", run_dir / "kernel.log", ksm, runtime)
     result: dict[str, Any] = {}
     done, wake = threading.Event(), threading.Event()
     if stop is not None:
@@ -457,6 +545,7 @@ def run_notebook(
     # runs in the main thread, and this thread is the watchdog.
     worker = threading.Thread(target=execute, name=f"jip-run-{label}", daemon=True)
     worker.start()
+    oom = False
     try:
         while not done.is_set():
             remaining = deadline_s - (time.monotonic() - t0)
@@ -474,10 +563,12 @@ def run_notebook(
     finally:
         with run.lock:  # whatever the kernel started goes with it
             run.kill()
+        if box is not None:
+            oom = box.oom_killed()
+            box.close()  # every process left in its cgroup, then the cgroup; the scratch goes with them
+        if server is not None:
+            server.close()
         shutil.rmtree(runtime, ignore_errors=True)
-
-    def failed(reason: str, cell: int | None = None, exception: str | None = None) -> Outcome:
-        return Outcome("failed", reason, cell, exception, [], [], started, utcnow_iso(), kernel_name, run_dir)
 
     err = result.get("error")
     if run.fired or not done.is_set():
@@ -488,6 +579,13 @@ def run_notebook(
             time.monotonic() - t0,
         )
         return failed(run.fired or "internal_error")
+    if oom:
+        assert sandbox is not None
+        log.warning(
+            "%s: the run reached its memory limit (%d bytes) and its kernel was killed",
+            label,
+            sandbox.config.memory_bytes,
+        )
     if isinstance(err, PapermillExecutionError):
         log.warning(
             "%s: cell %s raised %s: %s (see %s)", label, err.cell_index, err.ename, err.evalue, run_dir
@@ -497,6 +595,8 @@ def run_notebook(
         log.warning("%s: the kernel died (see %s)", label, run_dir / "kernel.log")
         return failed("kernel_died")
     if err is not None:
+        if oom:  # it died before it could answer
+            return failed("kernel_died")
         log.error("%s: the runner failed to run the notebook", label, exc_info=err)
         return failed("internal_error")
     try:
@@ -504,7 +604,18 @@ def run_notebook(
     except NotebookError as e:
         log.warning("%s: %s", label, e)
         return failed("output_invalid")
-    log.info("%s: succeeded in %.1f s", label, time.monotonic() - t0)
+    log.info("%s: succeeded in %.1f s (isolation: %s)", label, time.monotonic() - t0, isolation)
     return Outcome(
-        "succeeded", None, None, None, outputs, records, started, utcnow_iso(), kernel_name, run_dir
+        "succeeded",
+        None,
+        None,
+        None,
+        outputs,
+        records,
+        started,
+        utcnow_iso(),
+        kernel_name,
+        run_dir,
+        isolation,
+        tuple(server.series_read) if server is not None else (),
     )

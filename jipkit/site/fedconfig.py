@@ -19,6 +19,13 @@ Example, in the site's TOML file::
     studies = ["lung-ct-2024"]                   # empty: serve none
     coordinators = ["3f2a9c0d1e2b4a5f"]          # key IDs; empty: serve none
     local_approval = true                        # approve each version here first
+    allow_unisolated = false                     # the default: no sandbox, no run
+    release_studies = ["lung-ct-2024"]           # hold these results for a steward (jip site release)
+    release_stewards = 2                         # ... until two different stewards approve
+
+    [federation.sandbox]                         # see jipkit.site.sandbox
+    memory_bytes = 17179869184                   # 16 GiB per run
+    scratch_bytes = 4294967296                   # the kernel's /tmp (and /dev/shm)
 
 Relative paths are relative to the configuration file (see :func:`federation_of`).  The
 site token is never written in the file: it comes from ``token_env`` or ``token_file``.
@@ -44,7 +51,7 @@ from jipkit.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from jipkit.config import SiteConfig
 
-__all__ = ["FederationConfig", "SitePolicy", "check_pinned_keys", "federation_of"]
+__all__ = ["FederationConfig", "SandboxConfig", "SitePolicy", "check_pinned_keys", "federation_of"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -92,11 +99,22 @@ class SitePolicy(_Strict):
     """Key IDs of the pinned coordinator keys whose jobs this site serves; empty serves none."""
     local_approval: bool = False
     """Run a notebook version only after this site's operator approved it (``jip site approve``)."""
-    allow_unisolated: bool = True
-    """Run notebooks in a kernel without a sandbox (network and filesystem isolation).
+    allow_unisolated: bool = False
+    """Run notebooks without the sandbox when it cannot be used here.
 
-    The sandbox comes in a later release; until then only ``true`` can run anything.
+    By default a runner whose machine cannot provide the sandbox (see
+    :mod:`jipkit.site.sandbox`) refuses every job (``isolation_unavailable``).  With
+    ``true`` it runs them in a plain kernel instead, and marks their results
+    ``"isolation": "none"``.
     """
+
+    release_required: bool = False
+    """Hold every result for a data steward's release (``jip site release``) before it leaves."""
+    release_studies: list[str] = Field(default_factory=list)
+    """Studies whose every result is held for a data steward's release."""
+    release_stewards: Annotated[int, Field(ge=1, le=5)] = 1
+    """How many different data stewards must approve a held result (2: a four-eyes rule).
+    One rejection rejects it."""
 
     @field_validator("coordinators")
     @classmethod
@@ -105,6 +123,37 @@ class SitePolicy(_Strict):
         if bad:
             raise ValueError(f"expected coordinator key IDs (16 lowercase hex digits), found {bad}")
         return v
+
+
+class SandboxConfig(_Strict):
+    """How the runner confines a job's kernel (see :mod:`jipkit.site.sandbox`)."""
+
+    enabled: bool = True
+    """Use the sandbox where this machine can provide it; ``false`` never does (then jobs run
+    only with ``policy.allow_unisolated``)."""
+    bwrap: Path = Path("/usr/bin/bwrap")
+    """bubblewrap (Debian package ``bubblewrap``)."""
+    setpriv: Path = Path("/usr/bin/setpriv")
+    """util-linux's ``setpriv``, which drops the kernel to ``uid``/``gid`` inside the sandbox."""
+    uid: Annotated[int, Field(gt=0, lt=2**32 - 1)] = 2_000_000_000
+    """The kernel's user ID: unprivileged and used by nothing else on this machine (not
+    ``nobody``, which other services share)."""
+    gid: Annotated[int, Field(gt=0, lt=2**32 - 1)] = 2_000_000_000
+    """The kernel's group ID (its only group)."""
+    memory_bytes: Annotated[int, Field(ge=64 * 2**20)] = 8 * 2**30
+    """Memory limit of a run (the kernel, its children, its ``/tmp`` and ``/dev/shm``), by a
+    memory cgroup; past it the kernel is killed (``kernel_died``)."""
+    scratch_bytes: Annotated[int, Field(ge=2**20)] = 2 * 2**30
+    """Size of the kernel's scratch ``/tmp`` (its home and working directory), and of its
+    ``/dev/shm``: each a tmpfs that ends with the run."""
+    pids_max: Annotated[int, Field(ge=16)] | None = 4096
+    """Most processes and threads in a run, where the ``pids`` cgroup controller can be used."""
+    cgroup_parent: Path | None = None
+    """The cgroup under which each run's group is made: with cgroup v1 a folder of the memory
+    hierarchy, with v2 a delegated folder with the memory controller.  Default: the runner's
+    own cgroup."""
+    ro_paths: list[Path] = Field(default_factory=list)
+    """Further folders the kernel may read (for example model weights); never secrets."""
 
 
 class FederationConfig(_Strict):
@@ -147,6 +196,7 @@ class FederationConfig(_Strict):
     backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
     """The longest wait between retries."""
     policy: SitePolicy = Field(default_factory=SitePolicy)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
     @field_validator("coordinator_url", "https_proxy")
     @classmethod
@@ -249,6 +299,9 @@ class FederationConfig(_Strict):
         dirs = [d if d.is_absolute() else base / d for d in self.kernel_dirs]
         if dirs != self.kernel_dirs:
             changes["kernel_dirs"] = dirs
+        ro = [p if p.is_absolute() else base / p for p in self.sandbox.ro_paths]
+        if ro != self.sandbox.ro_paths:
+            changes["sandbox"] = self.sandbox.model_copy(update={"ro_paths": ro})
         return self.model_copy(update=changes) if changes else self
 
 

@@ -15,10 +15,24 @@ SIGTERM or SIGINT stops the runner: the current kernel is killed, nothing is sen
 (its lease expires and the coordinator leases it again), and a second signal exits at once.
 Results that were signed but not acknowledged are kept in the state database and sent
 again on the next start.
+
+A succeeded result that needs a data steward's release (:mod:`jipkit.site.release`) is
+kept unsigned in the state instead, and the coordinator is told the job is held
+(``POST /site/jobs/{id}/held``); once stewards decide, :meth:`Runner.flush_releases`
+(every loop) signs it, and the upload queue sends it.  Every result carries its
+provenance (:mod:`jipkit.site.provenance`), the site audit log's entries since the last
+acknowledged result included, under the site's signature.
+
+Each job's kernel runs in the sandbox of :mod:`jipkit.site.sandbox` (checked before each
+job) and reads the site's data only through the data channel of
+:mod:`jipkit.site.dataserver`.  Where the sandbox cannot be used, the job is refused
+(``isolation_unavailable``) unless ``policy.allow_unisolated`` is true; every result
+says which it was: ``"isolation": "sandbox"`` or ``"none"`` (``null`` for refusals).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -27,12 +41,14 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import httpx
 
-from jipkit.config import SiteConfig
+from jipkit.config import FolderSourceConfig, SiteConfig
+from jipkit.data.site import Site
 from jipkit.errors import ConfigError, CoordinatorError
 from jipkit.protocol.canonical import canonical_json
 from jipkit.protocol.messages import RESULT_TYPE, utcnow_iso
@@ -41,6 +57,9 @@ from jipkit.protocol.signing import SigningKey, sign_document
 from jipkit.site.client import Backoff, Claim, CoordinatorClient, LeaseEnded
 from jipkit.site.execute import Outcome, StopFlag, check_kernel, run_notebook
 from jipkit.site.fedconfig import federation_of
+from jipkit.site.provenance import environment_digest, new_manifest, provenance, series_read
+from jipkit.site.release import hold_reasons, redaction_report, seal_decided
+from jipkit.site.sandbox import SandboxSupport, probe, sweep_groups
 from jipkit.site.state import Prior, RunnerState, job_digest
 from jipkit.site.verify import AUTHENTICATED_REFUSALS, check_envelope, envelope_ids
 
@@ -60,12 +79,13 @@ class JobReport:
     Attributes
     ----------
     status : str
-        ``succeeded``, ``failed``, ``refused``, or ``abandoned`` (the lease was lost or the
-        runner stopped mid-job: nothing sent, the coordinator leases the job again).
+        ``succeeded``, ``failed``, ``refused``, ``held`` (it ran; its result waits here for
+        a data steward's release), or ``abandoned`` (the lease was lost or the runner
+        stopped mid-job: nothing sent, the coordinator leases the job again).
     reason : str or None
         The refusal or failure reason code (or ``lease_lost`` / ``stopping``).
     delivered : bool
-        Whether the coordinator acknowledged the result.
+        Whether the coordinator acknowledged the result (for ``held``: that the job is held).
     """
 
     job_id: str | None
@@ -133,7 +153,7 @@ class Runner:
     ------
     ConfigError
         No federation table, the key or token cannot be read, the kernel is not
-        installed, or the policy forbids unisolated kernels (the only kind so far).
+        installed.
     """
 
     def __init__(
@@ -145,12 +165,11 @@ class Runner:
     ):
         self.config = config
         self.fed = federation_of(config)
-        if not self.fed.policy.allow_unisolated:
-            raise ConfigError(
-                "federation.policy.allow_unisolated is false, and this runner has no isolated kernel yet: "
-                "it could run nothing. Set it to true, or wait for the sandboxed kernel."
-            )
-        check_kernel(self.fed.kernel_name, self.fed.kernel_dirs or None)
+        spec_dir = check_kernel(self.fed.kernel_name, self.fed.kernel_dirs or None)
+        try:
+            self._kernel_argv = [str(a) for a in json.loads((spec_dir / "kernel.json").read_text())["argv"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"The kernelspec in {spec_dir} cannot be read: {err}") from err
         self.key = SigningKey.load(self.fed.key_path)
         token = self.fed.site_token()
         self.pinned = self.fed.pinned_keys()
@@ -159,10 +178,22 @@ class Runner:
         self.client = CoordinatorClient(self.fed, token, transport=transport)
         self._lease_client = CoordinatorClient(self.fed, token, transport=transport)
         self.state = RunnerState(self.fed.state_db)
+        self.environment = environment_digest(
+            check_kernel(self.fed.kernel_name, self.fed.kernel_dirs or None)
+        )
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._current: StopFlag | None = None
         self._polling = False
+        self.sandbox = self.check_isolation()
+        if not self.sandbox.available:
+            log.warning(
+                "%s: %s",
+                self.sandbox.describe(),
+                "jobs run without it (policy.allow_unisolated)"
+                if self.fed.policy.allow_unisolated
+                else "every job will be refused (isolation_unavailable)",
+            )
         for rec in self.state.interrupted():
             log.warning(
                 "job %s attempt %s was interrupted here; it runs again when re-leased",
@@ -181,6 +212,45 @@ class Runner:
         self.client.close()
         self._lease_client.close()
         self.state.close()
+
+    # -- isolation ----------------------------------------------------------------------
+
+    def protected_paths(self) -> list[Path]:
+        """What a job's kernel must never see: keys, token, state, configuration, data, runs."""
+        fed, cfg = self.fed, self.config
+        paths = [
+            fed.key_path,
+            None if fed.token_env else fed.token_path,
+            fed.pinned_keys_file,
+            fed.state_db,
+            fed.workdir,
+            fed.ca_bundle,
+            cfg.path,
+            cfg.index_path,
+            cfg.cache_dir,
+            *(s.path for s in cfg.sources if isinstance(s, FolderSourceConfig)),
+        ]
+        return [p for p in paths if p is not None]
+
+    def check_isolation(self) -> SandboxSupport:
+        """Probe the sandbox (see :func:`jipkit.site.sandbox.probe`); log when that changes.
+
+        The first check (at start) runs a trial kernel in the sandbox (about 50 ms); later
+        ones, before each job, only check the binaries, the cgroup and the view (< 1 ms).
+        """
+        tag = hashlib.sha256(str(self.fed.state_db.resolve()).encode()).hexdigest()[:8]
+        previous: SandboxSupport | None = getattr(self, "sandbox", None)
+        trial = previous is None or not previous.available
+        support = probe(
+            self.fed.sandbox, self._kernel_argv, protected=self.protected_paths(), tag=tag, trial=trial
+        )
+        if previous is None:
+            log.info("%s", support.describe())
+            sweep_groups(support)  # of this runner's runs that a crash left behind
+        elif previous.available != support.available:
+            log.warning("the sandbox changed: %s", support.describe())
+        self.sandbox = support
+        return support
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -203,6 +273,7 @@ class Runner:
         CoordinatorError
             The coordinator could not be reached or answered with an error.
         """
+        self.flush_releases()
         self.flush_pending()
         wait = self.fed.poll_wait_s if wait_s is None else wait_s
         self._polling = True
@@ -289,12 +360,38 @@ class Runner:
             if self.state.prior(job_id, attempt, job_digest(env)) is Prior.REDELIVER:
                 status, why, body = self._redeliver(env)
                 return JobReport(job_id, attempt, status, why, self._upload(job_id, body, True))
+            if self.state.prior(job_id, attempt, job_digest(env)) is Prior.HELD:
+                self.state.held_again(env)
+                return JobReport(job_id, attempt, "held", None, self._notify_held(job_id, attempt))
+            support = self.check_isolation()
+            if not support.available and not self.fed.policy.allow_unisolated:
+                reason = "isolation_unavailable"
+                body, recorded = self._refuse(env, job_id, attempt, reason)
+                return JobReport(job_id, attempt, "refused", reason, self._upload(job_id, body, recorded))
             self.state.start(env)
-            outcome = self._execute(env, flag)
+            outcome = self._execute(env, flag, support if support.available else None)
             if flag.reason in ("lease_lost", "stopping"):
                 self.state.audit("abandoned", job_id, attempt=attempt, reason=flag.reason)
                 return JobReport(job_id, attempt, "abandoned", flag.reason, False)
-            body = self._sign(self._result(env, outcome))
+            doc = self._result(env, outcome)
+            held = hold_reasons(self.fed.policy, env.get("study"), outcome)
+            if held:
+                self.state.hold(
+                    env,
+                    outcome.status,
+                    outcome.reason,
+                    doc,
+                    reasons=held,
+                    redactions=redaction_report(outcome, doc),
+                    stewards_needed=self.fed.policy.release_stewards,
+                )
+                log.warning(
+                    "job %s: its result waits for release (%s): `jip site release list`",
+                    job_id,
+                    ", ".join(held),
+                )
+                return JobReport(job_id, attempt, "held", None, self._notify_held(job_id, attempt))
+            body = self._seal(doc, record=True)
             self.state.finish(env, outcome.status, outcome.reason, body)
             return JobReport(
                 job_id, attempt, outcome.status, outcome.reason, self._upload(job_id, body, True)
@@ -303,7 +400,7 @@ class Runner:
             self._current = None
             keeper.stop()
 
-    def _execute(self, env: Mapping[str, Any], flag: StopFlag) -> Outcome:
+    def _execute(self, env: Mapping[str, Any], flag: StopFlag, sandbox: SandboxSupport | None) -> Outcome:
         deadline = min(float(env["deadline_s"]), self.fed.max_deadline_s)
         return run_notebook(
             env["notebook"],
@@ -312,14 +409,19 @@ class Runner:
             deadline_s=deadline,
             kernel_name=self.fed.kernel_name,
             kernel_dirs=self.fed.kernel_dirs or None,
-            extra_env=self._data_env(),
+            extra_env=self._data_env() if sandbox is None else None,
             env_passthrough=self.fed.kernel_env,
             stop=flag,
             label=f"{env['job_id']}-a{env['attempt']}",
+            sandbox=sandbox,
+            data=Site(self.config),
         )
 
     def _data_env(self) -> dict[str, str]:
-        """What the kernel needs to find this site's data with ``jip.connect()``: no secrets."""
+        """Where an unisolated kernel finds the site's configuration: no secrets.
+
+        ``jip.connect()`` uses the data channel first; a sandboxed kernel gets only that.
+        """
         if self.config.path is not None:
             return {"JIP_CONFIG": str(self.config.path)}
         return {
@@ -330,6 +432,23 @@ class Runner:
 
     def _sign(self, doc: Mapping[str, Any]) -> bytes:
         return canonical_json(sign_document(doc, self.key))
+
+    def _seal(self, doc: dict[str, Any], *, record: bool) -> bytes:
+        """Sign ``doc`` with the audit entries since the last acknowledged result in its provenance."""
+        doc["provenance"] = {
+            **doc.get("provenance", {}),
+            "audit": self.state.audit_section(doc["job_id"], record=record),
+        }
+        return self._sign(doc)
+
+    def _provenance(self, env: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
+        """What ran, with what, on which data (:mod:`jipkit.site.provenance`); keeps the salt here."""
+        manifest = new_manifest(series_read(outcome))
+        self.state.keep_notebook(env["version_hash"], env["notebook"])
+        self.state.keep_manifest(
+            env["job_id"], env["attempt"], manifest.salt, manifest.uids, manifest.salt_sha256
+        )
+        return provenance(env["version_hash"], env["parameters"], self.environment, manifest)
 
     def _result(self, env: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
         return {
@@ -348,6 +467,9 @@ class Runner:
             "started_at": outcome.started_at,
             "finished_at": outcome.finished_at,
             "kernel": outcome.kernel,
+            "isolation": outcome.isolation,
+            "provenance": self._provenance(env, outcome),
+            "release": None,
         }
 
     def _refuse(self, env: Any, job_id: str, attempt: int, reason: str) -> tuple[bytes, bool]:
@@ -374,9 +496,18 @@ class Runner:
             "started_at": now,
             "finished_at": now,
             "kernel": None,
+            "isolation": None,
+            "provenance": provenance(
+                text("version_hash"),
+                env.get("parameters") if isinstance(env, Mapping) else None,
+                self.environment,
+                None,
+            ),
+            "release": None,
         }
-        body = self._sign(doc)
-        recorded = reason in AUTHENTICATED_REFUSALS and reason != "replay"
+        authentic = reason in AUTHENTICATED_REFUSALS or reason == "isolation_unavailable"
+        recorded = authentic and reason != "replay"
+        body = self._seal(doc, record=recorded)
         if recorded:
             self.state.finish(env, "refused", reason, body)
         else:  # unauthenticated, another site's, or a replay: the job ID's record stays as it is
@@ -436,6 +567,27 @@ class Runner:
             if recorded:
                 self.state.mark_upload(job_id, outcome)
             return outcome == "acknowledged"
+
+    def _notify_held(self, job_id: str, attempt: int) -> bool:
+        """Tell the coordinator the job is held, until it answers (or the runner stops)."""
+        backoff = Backoff(self.fed.backoff_initial_s, self.fed.backoff_max_s, self._rng)
+        while True:
+            try:
+                outcome = self.client.held(job_id, attempt)
+            except CoordinatorError as err:
+                if self._stop.is_set():
+                    log.warning("job %s: the coordinator does not know it is held (%s)", job_id, err)
+                    return False
+                delay = backoff.next()
+                log.warning("job %s: %s Trying again in %.1f s.", job_id, err, delay)
+                self._stop.wait(delay)
+                continue
+            self.state.mark_held_notice(job_id, outcome)
+            return outcome == "acknowledged"
+
+    def flush_releases(self) -> int:
+        """Sign the results whose release the stewards decided, for the upload queue; return how many."""
+        return len(seal_decided(self.state, self.key))
 
     def flush_pending(self) -> int:
         """Try once to send each result not yet answered; return how many were acknowledged."""

@@ -197,7 +197,8 @@ class Federation:
             pinned_keys_file=home / "coordinator-keys.json",
             workdir=home / "runs",
             state_db=home / "runner.sqlite",
-            policy=SitePolicy(studies=[STUDY], coordinators=list(self.keys)),
+            # sandboxed where this machine can; unisolated (and marked so) where it cannot
+            policy=SitePolicy(studies=[STUDY], coordinators=list(self.keys), allow_unisolated=True),
             **settings,
         )
 
@@ -215,6 +216,7 @@ class Federation:
         assert config.federation is not None
         data = config.federation.model_dump(mode="json", exclude_none=True)
         policy = data.pop("policy")
+        sandbox = data.pop("sandbox", {})
         data.pop("coordinator_keys", None)
         lines = [f"name = {json.dumps(config.name)}", f"index_path = {json.dumps(str(config.index_path))}"]
         lines.append(f"cache_dir = {json.dumps(str(config.cache_dir))}")
@@ -222,6 +224,8 @@ class Federation:
         lines += [f"{k} = {json.dumps(v)}" for k, v in data.items() if v != []]
         lines.append("[federation.policy]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in policy.items()]
+        lines.append("[federation.sandbox]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in sandbox.items()]
         path = self.root / config.name / "site.toml"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path

@@ -229,8 +229,12 @@ def make_result(
     exception: str | None = None,
     attempt: int | None = None,
     site: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A result document for an envelope, signed with a site key (as the runner would)."""
+    """A result document for an envelope, signed with a site key (as the runner would).
+
+    ``extra``: further members (``provenance``, ``release``), or replacements, before signing.
+    """
     now = utcnow_iso()
     doc = {
         "type": RESULT_TYPE,
@@ -248,6 +252,7 @@ def make_result(
         "started_at": now,
         "finished_at": now,
         "kernel": "jip",
+        **(extra or {}),
     }
     return sign_document(doc, key)
 

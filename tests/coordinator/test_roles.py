@@ -31,6 +31,7 @@ ENDPOINTS: list[tuple[str, str, str, Any, set[str]]] = [
     ("next_job", "GET", "/site/jobs/next?wait=0", None, {"site"}),
     ("renew", "POST", "/site/jobs/{job}/lease", {"attempt": 1}, {"site"}),
     ("result", "POST", "/site/jobs/{job}/result", {"type": "jip.result/1"}, {"site"}),
+    ("held", "POST", "/site/jobs/{job}/held", {"attempt": 1}, {"site"}),
     ("decline", "POST", "/site/jobs/{job}/decline", {"attempt": 1, "reason": "declined"}, {"site"}),
 ]
 

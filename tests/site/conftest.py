@@ -6,6 +6,10 @@
 - ``site``: a :class:`SiteFixture`: site ``site-a`` with its key, token file, pinned
   coordinator key, policy (study ``study-1``), state and run folders under ``tmp_path``.
 - ``fake``: a :class:`tests.site.fakes.FakeCoordinator` for ``site``, as an httpx transport.
+
+Runner tests run their kernels in the sandbox (:mod:`jipkit.site.sandbox`) where this
+machine provides it (:data:`SANDBOX_AVAILABLE`: root, bubblewrap, a memory cgroup), and
+unisolated (``allow_unisolated``) where it does not.
 """
 
 from __future__ import annotations
@@ -25,11 +29,27 @@ from jipkit.config import SiteConfig
 from jipkit.protocol.messages import JOB_TYPE
 from jipkit.protocol.notebook import canonical_notebook, version_hash
 from jipkit.protocol.signing import SigningKey, sign_document
-from jipkit.site.fedconfig import FederationConfig, SitePolicy
+from jipkit.site.fedconfig import FederationConfig, SandboxConfig, SitePolicy
+from jipkit.site.sandbox import probe
 from tests.site.fakes import FakeCoordinator
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = Path(__file__).parent / "notebooks"
+#: Whether kernels can run in the sandbox here (and so whether the runner's tests use it).
+SANDBOX_AVAILABLE = probe(SandboxConfig(), [sys.executable]).available
+
+
+def processes_with(marker: bytes) -> list[int]:
+    """PIDs of the processes whose command line contains ``marker`` (sandboxed ones too)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def iso(t: dt.datetime) -> str:
@@ -104,7 +124,12 @@ class SiteFixture:
     fed_overrides: dict[str, Any] = field(default_factory=dict)
 
     def federation(self) -> FederationConfig:
-        policy = {"studies": ["study-1"], "coordinators": [self.coordinator_key.key_id], **self.policy}
+        policy = {
+            "studies": ["study-1"],
+            "coordinators": [self.coordinator_key.key_id],
+            "allow_unisolated": not SANDBOX_AVAILABLE,
+            **self.policy,
+        }
         fed: dict[str, Any] = {
             "coordinator_url": "http://coordinator.test",
             "token_file": self.root / "site-token",
@@ -158,8 +183,10 @@ def write_site_toml(path: Path, name: str, fed: FederationConfig, index_path: Pa
     lines += [
         f"{k} = {json.dumps(v)}"
         for k, v in data.items()
-        if k not in ("policy", "coordinator_keys") and v is not None
+        if k not in ("policy", "coordinator_keys", "sandbox") and v is not None
     ]
+    lines.append("[federation.sandbox]")
+    lines += [f"{k} = {json.dumps(v)}" for k, v in data["sandbox"].items() if v is not None]
     lines.append("[federation.coordinator_keys]")
     lines += [f"{k} = {json.dumps(v)}" for k, v in data["coordinator_keys"].items()]
     lines.append("[federation.policy]")

@@ -47,7 +47,8 @@ def test_the_federation_table_loads_with_paths_relative_to_the_file(tmp_path: Pa
     assert fed.coordinator_url == "https://jip.example.org"
     assert fed.token_path == tmp_path / "secrets" / "token" and fed.workdir == tmp_path / "runs"
     assert fed.key_path.is_absolute() and fed.poll_wait_s == 25 and fed.kernel_name == "jip"
-    assert fed.policy.local_approval and fed.policy.allow_unisolated
+    assert fed.policy.local_approval and not fed.policy.allow_unisolated  # no sandbox, no run
+    assert fed.sandbox.enabled and fed.sandbox.bwrap == Path("/usr/bin/bwrap")
     assert fed.pinned_keys() == {key.key_id: key.public_b64}
 
 

@@ -27,7 +27,7 @@ from jipkit.site.enrol import enrol
 from jipkit.site.fedconfig import FederationConfig, SitePolicy
 from jipkit.site.runner import Runner
 from tests.coordinator._helpers import FAST_ARGON2, ROOT, CoordinatorProcess, World, build_world, clean_env
-from tests.site.conftest import NOTEBOOKS, write_site_toml
+from tests.site.conftest import NOTEBOOKS, SANDBOX_AVAILABLE, processes_with, write_site_toml
 
 STUDY = "lung"
 
@@ -115,7 +115,14 @@ def enrolled_site(world: World, tmp_path: Path, kernel_dir: Path, **policy: Any)
         lease_renew_s=1,
         backoff_initial_s=0.1,
         backoff_max_s=0.5,
-        policy=SitePolicy(**{"studies": [STUDY], "coordinators": list(keys), **policy}),
+        policy=SitePolicy(
+            **{
+                "studies": [STUDY],
+                "coordinators": list(keys),
+                "allow_unisolated": not SANDBOX_AVAILABLE,
+                **policy,
+            }
+        ),
     )
     assert ticket.enrol_token is not None
     done = enrol(fed, name, ticket.enrol_token, [fingerprint(pub) for pub in keys.values()])
@@ -204,24 +211,37 @@ def test_a_runner_killed_mid_job_gets_the_job_again_and_it_ends_with_one_result(
     run_id = start_run(world, vh, cfg.name, {"seconds": 2})
     log = tmp_path / "runner.log"
     first = _runner_process(config, log)
-    pid_files: list[Path] = []
     try:
-        wait_for(
-            lambda: bool(pid_files.extend(tmp_path.glob("runs/*/home/child.pid")) or pid_files),
-            30,
-            f"the first runner never started the notebook: {log.read_text(errors='replace')}",
-        )
-        os.kill(first.pid, signal.SIGKILL)  # mid-job: no result, the lease runs out
-        first.wait(timeout=10)
-        home = pid_files[0].parent
-        wait_for(lambda: (home / "kernel.pid").exists(), 5, "no kernel pid")
-        kernel = int((home / "kernel.pid").read_text())
-        try:  # the dead runner's kernel and its runtime folder are orphans now
+        if SANDBOX_AVAILABLE:  # the sandbox dies with its runner (bwrap --die-with-parent)
+            wait_for(
+                lambda: bool(processes_with(b"time.sleep(600)")),
+                30,
+                f"the first runner never started the notebook: {log.read_text(errors='replace')}",
+            )
+            kernel = processes_with(b"ipykernel_launcher")[0]  # bwrap and the kernel: one -f
             argv = Path(f"/proc/{kernel}/cmdline").read_bytes().split(b"\0")
-            runtime = Path(os.fsdecode(argv[argv.index(b"-f") + 1])).parent
-            os.killpg(kernel, signal.SIGKILL)
-        except (OSError, ValueError):
-            runtime = None
+            runtime: Path | None = Path(os.fsdecode(argv[argv.index(b"-f") + 1])).parent
+            os.kill(first.pid, signal.SIGKILL)  # mid-job: no result, the lease runs out
+            first.wait(timeout=10)
+            wait_for(lambda: not processes_with(b"time.sleep(600)"), 10, "the sandbox outlived its runner")
+        else:
+            pid_files: list[Path] = []
+            wait_for(
+                lambda: bool(pid_files.extend(tmp_path.glob("runs/*/home/child.pid")) or pid_files),
+                30,
+                f"the first runner never started the notebook: {log.read_text(errors='replace')}",
+            )
+            os.kill(first.pid, signal.SIGKILL)  # mid-job: no result, the lease runs out
+            first.wait(timeout=10)
+            home = pid_files[0].parent
+            wait_for(lambda: (home / "kernel.pid").exists(), 5, "no kernel pid")
+            kernel = int((home / "kernel.pid").read_text())
+            try:  # the dead runner's kernel and its runtime folder are orphans now
+                argv = Path(f"/proc/{kernel}/cmdline").read_bytes().split(b"\0")
+                runtime = Path(os.fsdecode(argv[argv.index(b"-f") + 1])).parent
+                os.killpg(kernel, signal.SIGKILL)
+            except (OSError, ValueError):
+                runtime = None
         if runtime is not None and runtime.name.startswith("jip-rt-"):
             shutil.rmtree(runtime, ignore_errors=True)
         second = _runner_process(config, log)
