@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the main job: a coordinator and three sites on this machine")
     s.add_argument("--workdir", help="an empty folder for the demo's files (default: a temporary one)")
-    s.add_argument("--patients", type=int, default=4, help="patients per site")
+    s.add_argument("--patients", type=int, default=8, help="patients per site")
     s.add_argument("--full", action="store_true", help="full-size CT volumes (512x512x300)")
     s.add_argument("--no-pacs", action="store_true", help="folder sources even where Orthanc is installed")
     s.add_argument("--exit-when-done", action="store_true", help="exit after printing the results")

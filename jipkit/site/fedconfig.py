@@ -47,6 +47,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jipkit.errors import ConfigError
+from jipkit.site.disclosure.policy import OutputPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     from jipkit.config import SiteConfig
@@ -115,6 +116,10 @@ class SitePolicy(_Strict):
     release_stewards: Annotated[int, Field(ge=1, le=5)] = 1
     """How many different data stewards must approve a held result (2: a four-eyes rule).
     One rejection rejects it."""
+
+    output: OutputPolicy = Field(default_factory=OutputPolicy)
+    """What may leave in a result: MIME types, sizes, the minimum count k, rounding, budgets
+    (:class:`jipkit.site.disclosure.OutputPolicy`; the ``[federation.policy.output]`` table)."""
 
     @field_validator("coordinators")
     @classmethod

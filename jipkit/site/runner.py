@@ -40,7 +40,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -137,6 +137,16 @@ class _Interrupted(BaseException):
     """Raised by the signal handler to leave a long poll at once."""
 
 
+@dataclass
+class _Checks:
+    """What the output checks decided about a succeeded run (read by the release queue)."""
+
+    status: str
+    needs_release: bool
+    release_reasons: list[Any]
+    redactions: list[dict[str, Any]]
+
+
 class Runner:
     """A site's runner.
 
@@ -185,6 +195,7 @@ class Runner:
         self._stop = threading.Event()
         self._current: StopFlag | None = None
         self._polling = False
+        self._matcher: Any = None  # the site's identifier matcher, built on the first result
         self.sandbox = self.check_isolation()
         if not self.sandbox.available:
             log.warning(
@@ -373,8 +384,11 @@ class Runner:
             if flag.reason in ("lease_lost", "stopping"):
                 self.state.audit("abandoned", job_id, attempt=attempt, reason=flag.reason)
                 return JobReport(job_id, attempt, "abandoned", flag.reason, False)
+            outcome, checks = self._disclose(env, outcome)
             doc = self._result(env, outcome)
-            held = hold_reasons(self.fed.policy, env.get("study"), outcome)
+            if checks is not None:
+                doc["redactions"] = checks.redactions
+            held = hold_reasons(self.fed.policy, env.get("study"), checks or outcome)
             if held:
                 self.state.hold(
                     env,
@@ -382,7 +396,7 @@ class Runner:
                     outcome.reason,
                     doc,
                     reasons=held,
-                    redactions=redaction_report(outcome, doc),
+                    redactions=redaction_report(checks or outcome, doc),
                     stewards_needed=self.fed.policy.release_stewards,
                 )
                 log.warning(
@@ -416,6 +430,64 @@ class Runner:
             sandbox=sandbox,
             data=Site(self.config),
         )
+
+    def _disclose(self, env: Mapping[str, Any], outcome: Outcome) -> tuple[Outcome, _Checks | None]:
+        """Apply the site's output checks to a succeeded run (:mod:`jipkit.site.disclosure`).
+
+        Fails closed: when the checks themselves fail, nothing of the run leaves.
+        """
+        if outcome.status != "succeeded":
+            return outcome, None
+        from jipkit.site.disclosure import check_result
+
+        policy = self.fed.policy.output
+        try:
+            checked = check_result(
+                outcome.outputs,
+                outcome.records,
+                policy=policy,
+                matcher=self._identifier_matcher(),
+                notebook_source="\n\n".join(
+                    c["source"] for c in env["notebook"]["cells"] if c["cell_type"] == "code"
+                ),
+                parameters=env["parameters"],
+            )
+        except Exception:
+            log.exception("job %s: the output checks failed; nothing of the run leaves", env.get("job_id"))
+            failed = replace(outcome, status="failed", reason="internal_error", outputs=[], records=[])
+            return failed, None
+        report = checked.report()
+        if report:
+            log.warning(
+                "job %s: the output checks removed or changed %d item(s): %s",
+                env.get("job_id"),
+                sum(int(r.get("count", 1)) for r in report),
+                ", ".join(sorted({str(r["rule"]) for r in report})),
+            )
+        checks = _Checks(
+            status=outcome.status,
+            needs_release=checked.needs_release,
+            release_reasons=list(checked.release_reasons),
+            redactions=report,
+        )
+        return replace(outcome, outputs=checked.outputs, records=checked.records), checks
+
+    def _identifier_matcher(self) -> Any:
+        """The matcher of this site's identifying values (built once, cached on disk)."""
+        if self._matcher is None:
+            from jipkit.data.index import Index
+            from jipkit.site.disclosure import cached_matcher
+
+            Index(self.config.index_path).close()  # a site without data yet: an empty index
+
+            p = self.fed.policy.output
+            self._matcher = cached_matcher(
+                self.config.index_path,
+                min_length=p.min_identifier_length,
+                min_numeric_length=p.min_numeric_identifier_length,
+                cache_dir=self.config.cache_dir / "disclosure",
+            )
+        return self._matcher
 
     def _data_env(self) -> dict[str, str]:
         """Where an unisolated kernel finds the site's configuration: no secrets.

@@ -222,8 +222,11 @@ class Federation:
         lines.append(f"cache_dir = {json.dumps(str(config.cache_dir))}")
         lines.append("[federation]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in data.items() if v != []]
+        output = policy.pop("output", {})
         lines.append("[federation.policy]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in policy.items()]
+        lines.append("[federation.policy.output]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in output.items()]
         lines.append("[federation.sandbox]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in sandbox.items()]
         path = self.root / config.name / "site.toml"

@@ -24,6 +24,7 @@ TITLES = (
     "== runner:",
     "== latency:",
     "== coordinator-scale:",
+    "== disclosure:",
 )
 
 

@@ -189,8 +189,11 @@ def write_site_toml(path: Path, name: str, fed: FederationConfig, index_path: Pa
     lines += [f"{k} = {json.dumps(v)}" for k, v in data["sandbox"].items() if v is not None]
     lines.append("[federation.coordinator_keys]")
     lines += [f"{k} = {json.dumps(v)}" for k, v in data["coordinator_keys"].items()]
+    output = data["policy"].pop("output", {})
     lines.append("[federation.policy]")
     lines += [f"{k} = {json.dumps(v)}" for k, v in data["policy"].items()]
+    lines.append("[federation.policy.output]")
+    lines += [f"{k} = {json.dumps(v)}" for k, v in output.items() if v is not None]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
