@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,3 +343,26 @@ def build_world(coord: CoordinatorProcess, study: str = "lung", quorum: int = 2)
             r = c.post(f"/notebooks/{world.version_hash}/reviews", json={"decision": "approve"})
             assert r.status_code == 200, r.text
     return world
+
+
+@contextmanager
+def running_coordinator(root: Path, **settings: Any) -> Iterator[CoordinatorProcess]:
+    """A coordinator process in ``root`` (cheap argon2, 3 attempts unless ``settings`` say
+    otherwise), initialised, started, and stopped by its PID at the end."""
+    coord = CoordinatorProcess(root, **{**FAST_ARGON2, "max_attempts": 3, **settings})
+    coord.init()
+    coord.start()
+    try:
+        yield coord
+    finally:
+        coord.stop()
+
+
+@contextmanager
+def world_on(coord: CoordinatorProcess, **kwargs: Any) -> Iterator[World]:
+    """:func:`build_world` on ``coord``, closed at the end."""
+    w = build_world(coord, **kwargs)
+    try:
+        yield w
+    finally:
+        w.close()

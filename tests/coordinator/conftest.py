@@ -17,24 +17,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.coordinator._helpers import FAST_ARGON2, CoordinatorProcess, World, build_world
+from tests.coordinator._helpers import (
+    CoordinatorProcess,
+    World,
+    running_coordinator,
+    world_on,
+)
 
 
 @pytest.fixture(scope="session")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
     """A real coordinator process, started once per session."""
-    coord = CoordinatorProcess(
-        tmp_path_factory.mktemp("coordinator"), lease_s=30.0, max_attempts=3, **FAST_ARGON2
-    )
-    coord.init()
-    coord.start()
-    yield coord
-    coord.stop()
+    with running_coordinator(tmp_path_factory.mktemp("coordinator"), lease_s=30.0, max_attempts=3) as coord:
+        yield coord
 
 
 @pytest.fixture(scope="session")
 def world(coordinator: CoordinatorProcess) -> Iterator[World]:
     """Users, roles, a study and an approved version on ``coordinator``."""
-    w = build_world(coordinator)
-    yield w
-    w.close()
+    with world_on(coordinator) as w:
+        yield w

@@ -12,27 +12,26 @@ from typing import Any
 
 import pytest
 
-from tests.coordinator._helpers import FAST_ARGON2, CoordinatorProcess, World, build_world
+from tests.coordinator._helpers import (
+    CoordinatorProcess,
+    World,
+    running_coordinator,
+    world_on,
+)
 
 LEASE_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
-    coord = CoordinatorProcess(
-        tmp_path_factory.mktemp("leases"), lease_s=LEASE_S, max_attempts=2, **FAST_ARGON2
-    )
-    coord.init()
-    coord.start()
-    yield coord
-    coord.stop()
+    with running_coordinator(tmp_path_factory.mktemp("leases"), lease_s=LEASE_S, max_attempts=2) as coord:
+        yield coord
 
 
 @pytest.fixture(scope="module")
 def world(coordinator: CoordinatorProcess) -> Iterator[World]:
-    w = build_world(coordinator)
-    yield w
-    w.close()
+    with world_on(coordinator) as w:
+        yield w
 
 
 def _run_state(world: World, run_id: str) -> dict[str, Any]:

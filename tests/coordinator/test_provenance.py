@@ -21,7 +21,14 @@ import pytest
 from jipkit.coordinator.cli import main
 from jipkit.coordinator.db import SCHEMA_VERSION, Database
 from jipkit.protocol.canonical import canonical_json, sha256_hex
-from tests.coordinator._helpers import FAST_ARGON2, CoordinatorProcess, Site, World, build_world, count
+from tests.coordinator._helpers import (
+    CoordinatorProcess,
+    Site,
+    World,
+    count,
+    running_coordinator,
+    world_on,
+)
 
 LEASE_S = 1.0
 GENESIS = "0" * 64
@@ -29,20 +36,14 @@ GENESIS = "0" * 64
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
-    coord = CoordinatorProcess(
-        tmp_path_factory.mktemp("provenance"), lease_s=LEASE_S, max_attempts=3, **FAST_ARGON2
-    )
-    coord.init()
-    coord.start()
-    yield coord
-    coord.stop()
+    with running_coordinator(tmp_path_factory.mktemp("provenance"), lease_s=LEASE_S, max_attempts=3) as coord:
+        yield coord
 
 
 @pytest.fixture(scope="module")
 def world(coordinator: CoordinatorProcess) -> Iterator[World]:
-    w = build_world(coordinator)
-    yield w
-    w.close()
+    with world_on(coordinator) as w:
+        yield w
 
 
 class FakeLog:

@@ -11,25 +11,26 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.coordinator._helpers import FAST_ARGON2, CoordinatorProcess, Site, World, build_world, count
+from tests.coordinator._helpers import (
+    CoordinatorProcess,
+    Site,
+    World,
+    count,
+    running_coordinator,
+    world_on,
+)
 
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
-    coord = CoordinatorProcess(
-        tmp_path_factory.mktemp("restart"), lease_s=30.0, max_attempts=3, **FAST_ARGON2
-    )
-    coord.init()
-    coord.start()
-    yield coord
-    coord.stop()
+    with running_coordinator(tmp_path_factory.mktemp("restart"), lease_s=30.0, max_attempts=3) as coord:
+        yield coord
 
 
 @pytest.fixture(scope="module")
 def world(coordinator: CoordinatorProcess) -> Iterator[World]:
-    w = build_world(coordinator)
-    yield w
-    w.close()
+    with world_on(coordinator) as w:
+        yield w
 
 
 def _post_until_answered(site: Site, env: dict[str, Any], doc: dict[str, Any], out: dict[str, Any]) -> None:

@@ -26,7 +26,14 @@ from jipkit.protocol.signing import fingerprint
 from jipkit.site.enrol import enrol
 from jipkit.site.fedconfig import FederationConfig, SitePolicy
 from jipkit.site.runner import Runner
-from tests.coordinator._helpers import FAST_ARGON2, ROOT, CoordinatorProcess, World, build_world, clean_env
+from tests.coordinator._helpers import (
+    ROOT,
+    CoordinatorProcess,
+    World,
+    clean_env,
+    running_coordinator,
+    world_on,
+)
 from tests.site.conftest import NOTEBOOKS, SANDBOX_AVAILABLE, processes_with, write_site_toml
 
 STUDY = "lung"
@@ -34,20 +41,14 @@ STUDY = "lung"
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
-    coord = CoordinatorProcess(
-        tmp_path_factory.mktemp("coordinator"), lease_s=3.0, max_attempts=3, **FAST_ARGON2
-    )
-    coord.init()
-    coord.start()
-    yield coord
-    coord.stop()
+    with running_coordinator(tmp_path_factory.mktemp("coordinator"), lease_s=3.0, max_attempts=3) as coord:
+        yield coord
 
 
 @pytest.fixture(scope="module")
 def world(coordinator: CoordinatorProcess) -> Iterator[World]:
-    w = build_world(coordinator, study=STUDY, quorum=2)
-    yield w
-    w.close()
+    with world_on(coordinator, study=STUDY, quorum=2) as w:
+        yield w
 
 
 def approved_version(world: World, name: str) -> str:

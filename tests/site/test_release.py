@@ -33,7 +33,12 @@ from jipkit.site.fedconfig import FederationConfig, SitePolicy
 from jipkit.site.provenance import environment_lines, salted_uid
 from jipkit.site.runner import Runner
 from jipkit.site.state import RunnerState, _entry_hash
-from tests.coordinator._helpers import FAST_ARGON2, CoordinatorProcess, World, build_world
+from tests.coordinator._helpers import (
+    CoordinatorProcess,
+    World,
+    running_coordinator,
+    world_on,
+)
 from tests.site.conftest import NOTEBOOKS
 
 STUDY = "lung"
@@ -42,20 +47,14 @@ UIDS = ["1.2.826.0.1.3680043.8.498.10001", "1.2.826.0.1.3680043.8.498.10002"]
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
-    coord = CoordinatorProcess(
-        tmp_path_factory.mktemp("coordinator"), lease_s=3.0, max_attempts=3, **FAST_ARGON2
-    )
-    coord.init()
-    coord.start()
-    yield coord
-    coord.stop()
+    with running_coordinator(tmp_path_factory.mktemp("coordinator"), lease_s=3.0, max_attempts=3) as coord:
+        yield coord
 
 
 @pytest.fixture(scope="module")
 def world(coordinator: CoordinatorProcess) -> Iterator[World]:
-    w = build_world(coordinator, study=STUDY, quorum=2)
-    yield w
-    w.close()
+    with world_on(coordinator, study=STUDY, quorum=2) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")
