@@ -223,6 +223,14 @@ def format_validation(err: ValidationError, where: str, what: str = "site config
     return f"Invalid {what} in {where}:\n" + "\n".join(lines)
 
 
+def read_toml(path: Path, what: str = "site configuration") -> dict[str, Any]:
+    """The table in a TOML file; a :class:`ConfigError` naming the file when it is not TOML."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"The {what} {path} is not valid TOML: {err}. Fix the file.") from err
+
+
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> SiteConfig:
     """Read the site configuration.
 
@@ -247,12 +255,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     chosen = Path(path if path is not None else os.environ.get("JIP_CONFIG", default_config_path()))
     data: dict[str, Any] = {}
     if chosen.is_file():
-        try:
-            data = tomllib.loads(chosen.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(
-                f"The site configuration {chosen} is not valid TOML: {err}. Fix the file."
-            ) from err
+        data = read_toml(chosen)
         data["path"] = chosen
         base = chosen.parent
         for key in ("index_path", "cache_dir"):

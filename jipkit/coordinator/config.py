@@ -21,7 +21,6 @@ configuration holds no secret: the signing key is a file (mode 600) named by
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +28,7 @@ import platformdirs
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from jipkit.config import format_validation
+from jipkit.config import format_validation, read_toml
 from jipkit.errors import ConfigError
 from jipkit.protocol.api import LONG_POLL_MAX_S
 
@@ -141,12 +140,7 @@ def load_coordinator_config(
     )
     data: dict[str, Any] = {}
     if chosen.is_file():
-        try:
-            data = tomllib.loads(chosen.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(
-                f"The coordinator configuration {chosen} is not valid TOML: {err}. Fix the file."
-            ) from err
+        data = read_toml(chosen, "coordinator configuration")
         chosen = chosen.resolve()
         data["path"] = chosen
         for key in ("data_dir", "db_path", "key_path"):

@@ -212,3 +212,42 @@ def result_of(body: bytes) -> dict[str, Any]:
     value = json.loads(body)
     assert isinstance(value, dict)
     return value
+
+
+def enrol_new_site(
+    world: Any, tmp_path: Path, kernel_dir: Path, name: str, study: str, policy: dict[str, Any]
+) -> tuple[SiteConfig, Any]:
+    """A site ``name`` registered by the coordinator's admin (``world``, a
+    :class:`tests.coordinator._helpers.World`) and enrolled by :func:`enrol` over HTTP.
+
+    Returns its configuration and what enrolment returned.
+    """
+    from jipkit.protocol.signing import fingerprint
+    from jipkit.site.enrol import enrol
+
+    ticket = world.svc.add_site(name, study=study)
+    keys = world.svc.public_keys()
+    fed = FederationConfig(
+        coordinator_url=world.coord.url,
+        key_path=tmp_path / "site-key.pem",
+        token_file=tmp_path / "site-token",
+        pinned_keys_file=tmp_path / "coordinator-keys.json",
+        workdir=tmp_path / "runs",
+        state_db=tmp_path / "runner.sqlite",
+        kernel_dirs=[kernel_dir],
+        poll_wait_s=2,
+        lease_renew_s=1,
+        backoff_initial_s=0.1,
+        backoff_max_s=0.5,
+        policy=SitePolicy(**{"studies": [study], "coordinators": list(keys), **policy}),
+    )
+    assert ticket.enrol_token is not None
+    done = enrol(fed, name, ticket.enrol_token, [fingerprint(pub) for pub in keys.values()])
+    cfg = SiteConfig(
+        name=name,
+        index_path=tmp_path / "index.sqlite",
+        cache_dir=tmp_path / "cache",
+        workers=1,
+        federation=fed,
+    )
+    return cfg, done

@@ -22,9 +22,6 @@ from typing import Any
 import pytest
 
 from jipkit.config import SiteConfig
-from jipkit.protocol.signing import fingerprint
-from jipkit.site.enrol import enrol
-from jipkit.site.fedconfig import FederationConfig, SitePolicy
 from jipkit.site.runner import Runner
 from tests.coordinator._helpers import (
     ROOT,
@@ -34,7 +31,7 @@ from tests.coordinator._helpers import (
     running_coordinator,
     world_on,
 )
-from tests.site.conftest import NOTEBOOKS, SANDBOX_AVAILABLE, processes_with, write_site_toml
+from tests.site.conftest import NOTEBOOKS, SANDBOX_AVAILABLE, enrol_new_site, processes_with, write_site_toml
 
 STUDY = "lung"
 
@@ -102,39 +99,11 @@ def enrolled_site(world: World, tmp_path: Path, kernel_dir: Path, **policy: Any)
     """A new site, registered by the coordinator's admin and enrolled by `enrol` over HTTP."""
     _counter[0] += 1
     name = f"site{_counter[0]}-{os.getpid()}"
-    ticket = world.svc.add_site(name, study=STUDY)
-    keys = world.svc.public_keys()
-    fed = FederationConfig(
-        coordinator_url=world.coord.url,
-        key_path=tmp_path / "site-key.pem",
-        token_file=tmp_path / "site-token",
-        pinned_keys_file=tmp_path / "coordinator-keys.json",
-        workdir=tmp_path / "runs",
-        state_db=tmp_path / "runner.sqlite",
-        kernel_dirs=[kernel_dir],
-        poll_wait_s=2,
-        lease_renew_s=1,
-        backoff_initial_s=0.1,
-        backoff_max_s=0.5,
-        policy=SitePolicy(
-            **{
-                "studies": [STUDY],
-                "coordinators": list(keys),
-                "allow_unisolated": not SANDBOX_AVAILABLE,
-                **policy,
-            }
-        ),
+    cfg, done = enrol_new_site(
+        world, tmp_path, kernel_dir, name, STUDY, {"allow_unisolated": not SANDBOX_AVAILABLE, **policy}
     )
-    assert ticket.enrol_token is not None
-    done = enrol(fed, name, ticket.enrol_token, [fingerprint(pub) for pub in keys.values()])
-    assert done.pinned == keys
-    return SiteConfig(
-        name=name,
-        index_path=tmp_path / "index.sqlite",
-        cache_dir=tmp_path / "cache",
-        workers=1,
-        federation=fed,
-    )
+    assert done.pinned == world.svc.public_keys()
+    return cfg
 
 
 def test_a_run_goes_to_the_site_and_only_its_outputs_and_records_come_back(

@@ -26,10 +26,8 @@ from jipkit.config import SiteConfig
 from jipkit.coordinator import audit as coordinator_audit
 from jipkit.errors import FederationError, SignatureError
 from jipkit.protocol.canonical import canonical_json, sha256_hex
-from jipkit.protocol.signing import SigningKey, fingerprint, verify_document
+from jipkit.protocol.signing import SigningKey, verify_document
 from jipkit.site.cli import main as site_main
-from jipkit.site.enrol import enrol
-from jipkit.site.fedconfig import FederationConfig, SitePolicy
 from jipkit.site.provenance import environment_lines, salted_uid
 from jipkit.site.runner import Runner
 from jipkit.site.state import RunnerState, _entry_hash
@@ -39,7 +37,7 @@ from tests.coordinator._helpers import (
     running_coordinator,
     world_on,
 )
-from tests.site.conftest import NOTEBOOKS
+from tests.site.conftest import NOTEBOOKS, enrol_new_site
 
 STUDY = "lung"
 UIDS = ["1.2.826.0.1.3680043.8.498.10001", "1.2.826.0.1.3680043.8.498.10002"]
@@ -102,32 +100,11 @@ def enrolled_site(world: World, tmp_path: Path, kernel_dir: Path, **policy: Any)
     """A new site enrolled over HTTP, and its configuration file (for ``jip site ...``)."""
     _counter[0] += 1
     name = f"rel{_counter[0]}-{os.getpid()}"
-    ticket = world.svc.add_site(name, study=STUDY)
-    keys = world.svc.public_keys()
-    pol = {"studies": [STUDY], "coordinators": list(keys), "allow_unisolated": True, **policy}
-    fed = FederationConfig(
-        coordinator_url=world.coord.url,
-        key_path=tmp_path / "site-key.pem",
-        token_file=tmp_path / "site-token",
-        pinned_keys_file=tmp_path / "coordinator-keys.json",
-        workdir=tmp_path / "runs",
-        state_db=tmp_path / "runner.sqlite",
-        kernel_dirs=[kernel_dir],
-        poll_wait_s=2,
-        lease_renew_s=1,
-        backoff_initial_s=0.1,
-        backoff_max_s=0.5,
-        policy=SitePolicy(**pol),
-    )
-    assert ticket.enrol_token is not None
-    enrol(fed, name, ticket.enrol_token, [fingerprint(pub) for pub in keys.values()])
-    cfg = SiteConfig(
-        name=name,
-        index_path=tmp_path / "index.sqlite",
-        cache_dir=tmp_path / "cache",
-        workers=1,
-        federation=fed,
-    )
+    cfg, _ = enrol_new_site(world, tmp_path, kernel_dir, name, STUDY, {"allow_unisolated": True, **policy})
+    fed = cfg.federation
+    assert fed is not None
+    written = ("studies", "coordinators", "allow_unisolated", *policy)
+    pol = {k: v for k, v in fed.policy.model_dump(mode="json").items() if k in written}
     lines = [
         f"name = {json.dumps(name)}",
         f"index_path = {json.dumps(str(cfg.index_path))}",
