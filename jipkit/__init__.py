@@ -5,6 +5,11 @@
 >>> ct = site.find_series(Modality="CT", StudyDate="2020")  # doctest: +SKIP
 >>> vol = site.load_series(ct.SeriesInstanceUID.iloc[0])    # doctest: +SKIP
 >>> vol.array.shape, vol.spacing, vol.affine                # doctest: +SKIP
+
+Coordinators and scientists reach the federation with :class:`Coordinator`:
+
+>>> fed = jip.Coordinator("https://jip.example.org", token)  # doctest: +SKIP
+>>> fed.run("lung", version, {"max_series": 20}).wait().pooled  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from jipkit.errors import (
     AmbiguousSeriesError,
     CacheError,
     ConfigError,
+    CoordinatorError,
     DicomFileError,
     JipError,
     MixedSeriesError,
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
     from jipkit.config import SiteConfig, load_config
     from jipkit.data.site import Site, connect
     from jipkit.data.volume import GeometryWarning, Volume
+    from jipkit.federation import Coordinator
     from jipkit.metrics import record
 
 __version__ = "0.1.0"
@@ -49,12 +56,15 @@ _LAZY = {
     "GeometryWarning": "jipkit.data.volume",
     "Volume": "jipkit.data.volume",
     "record": "jipkit.metrics",
+    "Coordinator": "jipkit.federation",
 }
 
 __all__ = [
     "AmbiguousSeriesError",
     "CacheError",
     "ConfigError",
+    "Coordinator",
+    "CoordinatorError",
     "DicomFileError",
     "GeometryWarning",
     "JipError",
@@ -83,7 +93,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'jipkit' has no attribute {name!r}")
     value = getattr(import_module(module), name)
-    if name in ("Site", "SiteConfig", "Volume", "connect", "load_config"):
+    if name in ("Coordinator", "Site", "SiteConfig", "Volume", "connect", "load_config"):
         value.__module__ = "jipkit"  # tracebacks and ? show the public name
     globals()[name] = value
     return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from typing import Final
 
 from argon2 import PasswordHasher
@@ -75,19 +76,7 @@ class AccountsMixin(ServiceBase):
         CoordinatorError
             ``login_failed`` (401) for an unknown user or a wrong password alike.
         """
-        with self.db.read() as c:
-            row = c.execute("SELECT id, password_hash FROM users WHERE username = ?", (username,)).fetchone()
-        if row is None and self._dummy is None:  # an unknown user costs one hash too: no timing oracle
-            self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
-        stored = row["password_hash"] if row else self._dummy
-        assert stored is not None
-        try:
-            self._hasher.verify(stored, password)
-            ok = row is not None
-        except (VerificationError, InvalidHashError):
-            ok = False
-        if not ok or row is None:
-            raise refused(401, "login_failed", "Wrong username or password.")
+        row, stored = self._check_password(username, password)
         token = _USER_TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = self._clock()
         with self.db.write() as c:
@@ -101,6 +90,45 @@ class AccountsMixin(ServiceBase):
                 (sha256_text(token), row["id"], iso(now), now + self.config.token_ttl_s),
             )
         return token
+
+    def _check_password(self, username: str, password: str) -> tuple[sqlite3.Row, str]:
+        """The user's row and stored hash when ``password`` is theirs; 401 ``login_failed`` otherwise."""
+        with self.db.read() as c:
+            row = c.execute(
+                "SELECT id, username, is_admin, password_hash FROM users WHERE username = ?", (username,)
+            ).fetchone()
+        if row is None and self._dummy is None:  # an unknown user costs one hash too: no timing oracle
+            self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+        stored = row["password_hash"] if row else self._dummy
+        assert stored is not None
+        try:
+            self._hasher.verify(stored, password)
+            ok = row is not None
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok or row is None:
+            raise refused(401, "login_failed", "Wrong username or password.")
+        return row, stored
+
+    def verify_password(self, username: str, password: str) -> User:
+        """The user whose password this is, without issuing a token (the dashboard's login).
+
+        Slow on purpose (argon2): call it off the event loop.  Rehashes a password whose
+        hash used older argon2 parameters, as :meth:`login` does.
+
+        Raises
+        ------
+        CoordinatorError
+            ``login_failed`` (401) for an unknown user or a wrong password alike.
+        """
+        row, stored = self._check_password(username, password)
+        if self._hasher.check_needs_rehash(stored):
+            with self.db.write() as c:
+                c.execute(
+                    "UPDATE users SET password_hash = ? WHERE id = ?",
+                    (self._hasher.hash(password), row["id"]),
+                )
+        return User(row["id"], row["username"], bool(row["is_admin"]))
 
     def authenticate(self, token: str) -> Principal | None:
         """The user or site a bearer token belongs to; None for an unknown or expired one."""

@@ -6,6 +6,10 @@ service): ``POST /auth/token`` takes a password, ``POST /sites/enrol`` a one-tim
 token, and the OpenAPI document (``/openapi.json``, ``/docs``) is public.  Errors answer
 ``{"detail": ..., "reason": ...}``.
 
+The same app serves the dashboard for people's browsers under ``/ui/``
+(:mod:`jipkit.coordinator.dashboard`: session cookies instead of bearer tokens, HTML
+pages, and errors as pages).
+
 One process, one event loop: each handler's database work is a few short statements
 run on the loop (no thread hand-off), and argon2 password checks run in a worker
 thread.  The long poll ``GET /site/jobs/next`` waits on an :class:`asyncio.Event` per
@@ -30,6 +34,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jipkit.coordinator import dashboard
 from jipkit.coordinator.config import CoordinatorConfig
 from jipkit.coordinator.service import Principal, Service, SitePrincipal, User, refused
 from jipkit.errors import CoordinatorError, JipError, NotebookError, SignatureError
@@ -237,6 +242,7 @@ def create_app(config: CoordinatorConfig, *, service: Service | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = service or Service.open(config)
         app.state.service = svc
+        dashboard.start(app, svc)
         reaper = asyncio.create_task(_reap(svc))
         log.info("coordinator at %s signing with key %s", config.url, svc.key.key_id)
         try:
@@ -264,22 +270,30 @@ def create_app(config: CoordinatorConfig, *, service: Service | None = None) -> 
         lifespan=lifespan,
     )
 
+    app.state.job_signal = signal
+    dashboard.install(app, config)
+
+    def _error(request: Request, status: int, detail: Any, reason: str) -> Response:
+        if dashboard.owns(request):
+            return dashboard.error_response(request, status, str(detail), reason)
+        return _error_response(status, detail, reason)
+
     @app.exception_handler(JipError)
-    async def _jip_error(request: Request, err: JipError) -> JSONResponse:
-        return _error_response(_status_of(err), str(err), err.reason)
+    async def _jip_error(request: Request, err: JipError) -> Response:
+        return _error(request, _status_of(err), str(err), err.reason)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, err: RequestValidationError) -> Response:
         parts = []
         for e in err.errors():
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
             parts.append(f"{where}: {e.get('msg')}")
-        return _error_response(422, "Invalid request: " + "; ".join(parts) + ".", "request_invalid")
+        return _error(request, 422, "Invalid request: " + "; ".join(parts) + ".", "request_invalid")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return _error_response(
-            err.status_code, err.detail, _STATUS_REASONS.get(err.status_code, "http_error")
+    async def _http_error(request: Request, err: StarletteHTTPException) -> Response:
+        return _error(
+            request, err.status_code, err.detail, _STATUS_REASONS.get(err.status_code, "http_error")
         )
 
     def svc() -> Service:
@@ -315,6 +329,16 @@ def create_app(config: CoordinatorConfig, *, service: Service | None = None) -> 
     async def submit(study: str, body: NotebookRequest, who: AUser) -> dict[str, Any]:
         """Submit a notebook as a version of the study (scientists of the study)."""
         return svc().submit_notebook(who, study, body.notebook)
+
+    @app.get(f"{API}/studies", tags=["studies"], responses=errors)
+    async def list_studies(who: AUser) -> dict[str, Any]:
+        """The studies the caller holds a role in (admins: all), with the caller's roles."""
+        return {"studies": svc().list_studies(who)}
+
+    @app.get(f"{API}/studies/{{study}}/runs", tags=["runs"], responses=errors)
+    async def list_runs(study: str, who: AUser) -> dict[str, Any]:
+        """The study's runs, newest first, with their jobs' state counts (members of the study)."""
+        return {"runs": svc().list_runs(who, study)}
 
     @app.get(f"{API}/studies/{{study}}/notebooks", tags=["notebooks"], responses=errors)
     async def list_versions(study: str, who: AUser) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from jipkit.errors import JipError
+from jipkit.protocol.messages import redaction_line
 
 __all__ = ["main", "register"]
 
@@ -183,12 +184,33 @@ def provenance_frame(res: dict[str, Any]) -> Any:
                 + ("" if match is None else " (run's)" if match else " (NOT the run's)"),
                 "environment": _short(p.get("environment_digest")),
                 "series": "-" if p.get("series") is None else p["series"],
+                "isolation": s.get("isolation") or "-",
+                "redactions": len(s.get("redactions") or []) if p else "-",
                 "signature": "-" if not p else "ok" if (p.get("signature") or {}).get("ok") else "INVALID",
                 "audit": audit.get("status", "-") if p else "-",
                 "release": release.get("decision", "-"),
             }
         )
     return pd.DataFrame(rows).set_index("site") if rows else pd.DataFrame()
+
+
+_ISOLATION = {
+    "sandbox": "ran in the site's sandbox",
+    "none": "ran UNISOLATED (the site's policy allows it)",
+}
+
+
+def checks_lines(res: dict[str, Any]) -> list[str]:
+    """Per site: how its kernel ran and its redaction report (rule, place, count; never content)."""
+    lines = []
+    for s in res["sites"]:
+        if s.get("status") is None:
+            continue
+        how = _ISOLATION.get(str(s.get("isolation")), "did not run" if s.get("status") == "refused" else "-")
+        reds = s.get("redactions") or []
+        lines.append(f"{s['site']}: {how}; " + (f"{len(reds)} redactions:" if reds else "no redactions"))
+        lines.extend(f"  {redaction_line(r)}" for r in reds)
+    return lines
 
 
 def _warnings(res: dict[str, Any]) -> list[str]:
@@ -260,6 +282,8 @@ def print_results(res: dict[str, Any], fmt: str, out: TextIO, *, long: bool = Fa
         if fmt != "csv":
             out.write("\nprovenance\n")
             _write_frame(provenance_frame(res), fmt, out)
+            out.write("\nchecks at the sites (isolation, redaction report)\n")
+            out.write("\n".join(checks_lines(res)) + "\n")
             for w in _warnings(res):
                 out.write(f"provenance warning: {w}\n")
         return
@@ -298,6 +322,9 @@ def print_results(res: dict[str, Any], fmt: str, out: TextIO, *, long: bool = Fa
             )
         out.write("\ncombined\n")
         out.write(pd.DataFrame(rows).to_string(index=False) + "\n")
+    checks = checks_lines(res)
+    if checks:
+        out.write("\nchecks at the sites (isolation, redaction report)\n" + "\n".join(checks) + "\n")
     for w in _warnings(res):
         out.write(f"provenance warning: {w} (details: --long)\n")
 
@@ -340,6 +367,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     svc = Service.open(cfg)
     if not svc.has_admin():
         print("note: no admin yet: jip coordinator create-admin NAME", file=sys.stderr)
+    base = cfg.url
+    print(f"dashboard: {base}/ui/  (API: {base}/api/v1, OpenAPI: {base}/openapi.json)", file=sys.stderr)
     try:
         uvicorn.run(
             create_app(cfg, service=svc),

@@ -148,6 +148,14 @@ class CoordinatorClient:
             )
         )
 
+    def list_studies(self) -> list[dict[str, Any]]:
+        """The studies the caller is a member of (admins: all), with the caller's roles."""
+        return list(self._call("GET", "/studies")["studies"])
+
+    def list_runs(self, study: str) -> list[dict[str, Any]]:
+        """A study's runs, newest first (members of the study, admins)."""
+        return list(self._call("GET", f"/studies/{study}/runs")["runs"])
+
     def add_member(self, study: str, username: str, role: str) -> dict[str, Any]:
         """Give a user a role in a study (admins)."""
         return dict(self._call("POST", f"/studies/{study}/members", {"username": username, "role": role}))

@@ -220,7 +220,8 @@ class ResultsMixin(ServiceBase):
             site entry holds its job's state (``held``: the result waits at the site for
             a data steward's release) and, once a result came, its status, reason,
             failed cell, exception class, records, outputs, the stewards' decision
-            (``release``) and its ``provenance`` (see
+            (``release``), how it ran (``isolation``: ``sandbox`` or ``none``), the
+            site's redaction report (``redactions``: rule, place, count) and its ``provenance`` (see
             :func:`jipkit.coordinator.provenance.summary`).  ``combined`` pools the
             records of succeeded jobs (others count as missing; see
             :func:`jipkit.coordinator.aggregate.combine`).
@@ -258,6 +259,8 @@ class ResultsMixin(ServiceBase):
                 "received_at": r["received_at"],
                 "held_since": r["updated_at"] if r["state"] == "held" else None,
                 "release": doc.get("release") if isinstance(doc.get("release"), dict) else None,
+                "isolation": doc.get("isolation"),
+                "redactions": doc.get("redactions") if isinstance(doc.get("redactions"), list) else [],
                 "provenance": None
                 if not doc
                 else summary(
@@ -277,3 +280,33 @@ class ResultsMixin(ServiceBase):
             "sites": sites,
             "combined": combine(records),
         }
+
+    def result_disclosure(self, caller: Principal, run_id: str) -> dict[str, dict[str, Any]]:
+        """What each site's result says about its own checks: redactions and isolation (members, admins).
+
+        Returns
+        -------
+        dict
+            ``{site: {redactions, isolation, kernel}}`` for the sites whose result came:
+            ``redactions`` is the site's redaction report (a list of ``{rule, place,
+            count}``; None when the result carries none), ``isolation`` is ``"sandbox"``,
+            ``"none"`` or None (not said).
+        """
+        with self.db.read() as c:
+            run_row(c, caller, run_id, ROLES)
+            rows = c.execute(
+                "SELECT j.site, r.document FROM jobs j JOIN results r ON r.job_id = j.job_id WHERE j.run_id = ?",
+                (run_id,),
+            ).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            doc = json.loads(r["document"])
+            redactions = doc.get("redactions")
+            out[r["site"]] = {
+                "redactions": [x for x in redactions if isinstance(x, dict)]
+                if isinstance(redactions, list)
+                else None,
+                "isolation": doc.get("isolation") if isinstance(doc.get("isolation"), str) else None,
+                "kernel": doc.get("kernel") if isinstance(doc.get("kernel"), str) else None,
+            }
+        return out

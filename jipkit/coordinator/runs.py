@@ -211,3 +211,34 @@ class RunsMixin(ServiceBase):
                 )
                 audit.append(c, caller.actor, "cancel", run_id, {"jobs": ids})
         return {"run_id": run_id, "state": "cancelled", "cancelled": ids}
+
+    def list_runs(self, caller: Principal, study: str) -> list[dict[str, Any]]:
+        """The study's runs, newest first, with their jobs' state counts (members, admins).
+
+        Returns
+        -------
+        list of dict
+            ``{run_id, version_hash, state, created_by, created_at, finished_at, counts}``.
+
+        Raises
+        ------
+        CoordinatorError
+            ``forbidden``, ``not_found``.
+        """
+        with self.db.read() as c:
+            study_row(c, study)
+            require(c, caller, study, ROLES, admin_ok=True)
+            runs = c.execute(
+                "SELECT r.run_id, r.version_hash, r.state, r.created_at, r.finished_at, u.username AS created_by "
+                "FROM runs r JOIN users u ON u.id = r.created_by WHERE r.study = ? "
+                "ORDER BY r.created_at DESC, r.run_id",
+                (study,),
+            ).fetchall()
+            counts: dict[str, dict[str, int]] = {}
+            for j in c.execute(
+                "SELECT j.run_id, j.state, count(*) FROM jobs j JOIN runs r ON r.run_id = j.run_id "
+                "WHERE r.study = ? GROUP BY j.run_id, j.state",
+                (study,),
+            ):
+                counts.setdefault(j[0], {})[j[1]] = j[2]
+        return [{**dict(r), "counts": counts.get(r["run_id"], {})} for r in runs]

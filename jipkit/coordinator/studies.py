@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from jipkit.coordinator import audit
-from jipkit.coordinator.access import Principal, refused, require_admin, study_row
+from jipkit.coordinator.access import (
+    ROLES,
+    Principal,
+    User,
+    refused,
+    require,
+    require_admin,
+    roles_of,
+    study_row,
+)
 from jipkit.coordinator.accounts import SITE_TOKEN_PREFIX
 from jipkit.coordinator.base import ServiceBase, check_name, iso, sha256_text
 from jipkit.errors import SignatureError
@@ -178,3 +188,58 @@ class StudiesMixin(ServiceBase):
             )
             audit.append(c, f"site:{site}", "enrol", site, {"key_fingerprint": fp})
         return {"site_token": site_token, "coordinator_keys": self.public_keys()}
+
+    def list_studies(self, caller: Principal) -> list[dict[str, Any]]:
+        """The studies ``caller`` may see: where they hold a role, or every study for an admin.
+
+        Returns
+        -------
+        list of dict
+            ``{name, review_quorum, sites, roles}`` by name; ``roles`` are the caller's.
+        """
+        if not isinstance(caller, User):
+            raise refused(403, "forbidden", "A site token cannot call this endpoint: use a user's token.")
+        with self.db.read() as c:
+            if caller.is_admin:
+                names = [r[0] for r in c.execute("SELECT name FROM studies ORDER BY name")]
+            else:
+                names = [
+                    r[0]
+                    for r in c.execute(
+                        "SELECT DISTINCT study FROM study_roles WHERE user_id = ? ORDER BY study",
+                        (caller.id,),
+                    )
+                ]
+            return [self._study_entry(c, caller, name) for name in names]
+
+    def get_study(self, caller: Principal, study: str) -> dict[str, Any]:
+        """A study's settings, its sites and the caller's roles in it (members, admins).
+
+        Returns
+        -------
+        dict
+            ``{name, review_quorum, sites, roles}``.
+
+        Raises
+        ------
+        CoordinatorError
+            ``forbidden``, ``not_found``.
+        """
+        with self.db.read() as c:
+            study_row(c, study)
+            require(c, caller, study, ROLES, admin_ok=True)
+            assert isinstance(caller, User)
+            return self._study_entry(c, caller, study)
+
+    @staticmethod
+    def _study_entry(c: sqlite3.Connection, caller: User, study: str) -> dict[str, Any]:
+        row = study_row(c, study)
+        sites = [
+            r[0] for r in c.execute("SELECT site FROM study_sites WHERE study = ? ORDER BY site", (study,))
+        ]
+        return {
+            "name": study,
+            "review_quorum": row["review_quorum"],
+            "sites": sites,
+            "roles": sorted(roles_of(c, caller, study), key=ROLES.index),
+        }

@@ -37,6 +37,9 @@ Users
 ``POST /api/v1/auth/token``            ``{username, password}`` -> ``{token}``
 ``GET  /api/v1/keys``                  the coordinator's public signing keys
 ``POST /api/v1/studies``               (admin) ``{name, review_quorum, sites}``
+``GET  /api/v1/studies``               (any user) the caller's studies (admins: all): ``{name,
+                                       review_quorum, sites, roles}``
+``GET  /api/v1/studies/{study}/runs``  (member) the study's runs, newest first, with job counts
 ``POST /api/v1/studies/{study}/members`` (admin) ``{username, role}``; roles: scientist,
     reviewer, coordinator (per study), admin (global)
 ``POST /api/v1/studies/{study}/notebooks`` (scientist) ``{notebook}`` -> ``{version_hash,

@@ -80,6 +80,7 @@ __all__ = [
     "RESULT_TYPE",
     "builtin_exception_name",
     "parse_time",
+    "redaction_line",
     "utcnow_iso",
 ]
 
@@ -141,6 +142,20 @@ def utcnow_iso() -> str:
 def parse_time(text: str) -> dt.datetime:
     """Parse a time written by :func:`utcnow_iso` (or any ISO 8601 with a zone)."""
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def redaction_line(entry: Mapping[str, Any]) -> str:
+    """One entry of a result's redaction report as a line of text.
+
+    Examples
+    --------
+    >>> redaction_line({"rule": "identifier", "place": {"cell": 2, "output": 0}, "count": 3,
+    ...                 "detail": "PatientName (base64)"})
+    'identifier: 3 at cell 2, output 0 [PatientName (base64)]'
+    """
+    place = ", ".join(f"{k} {v}" for k, v in (entry.get("place") or {}).items())
+    detail = f" [{entry['detail']}]" if entry.get("detail") else ""
+    return f"{entry.get('rule')}: {entry.get('count', 1)} at {place or '-'}{detail}"
 
 
 def envelope_summary(env: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jipkit.errors import ConfigError, JipError
+from jipkit.protocol.messages import redaction_line
 
 __all__ = ["main", "register"]
 
@@ -253,9 +254,7 @@ def cmd_release_show(args: argparse.Namespace) -> int:
             else "  (no output checks ran)"
         )
     for red in rec.redactions or []:
-        place = ", ".join(f"{k} {v}" for k, v in (red.get("place") or {}).items())
-        detail = f" [{red['detail']}]" if red.get("detail") else ""
-        print(f"  {red.get('rule')}: {red.get('count', 1)} at {place or '-'}{detail}")
+        print(f"  {redaction_line(red)}")
     print()
     print(f"notebook source (version {rec.version_hash}):")
     if notebook is None:

@@ -336,6 +336,38 @@ def test_results_long_shows_held_and_provenance(
     assert by_site[b.name]["provenance"]["signature"]["ok"] is True
 
 
+def test_results_show_isolation_and_the_redaction_report(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = world.new_sites(2)
+    run = world.start_run([a, b])
+    env_a, env_b = a.claim(), b.claim()
+    report = [
+        {"rule": "identifier", "place": {"cell": 2, "output": 0}, "count": 3, "detail": "PatientName (base64)"},
+        {"rule": "k_suppression", "place": {"record": 0, "name": "n"}, "count": 1},
+    ]
+    doc_a = a.result(env_a, records=[count("n", 8)], extra={"isolation": "sandbox", "redactions": report})
+    doc_b = b.result(env_b, records=[count("n", 9)], extra={"isolation": "none", "redactions": []})
+    for site, env, doc in ((a, env_a, doc_a), (b, env_b, doc_b)):
+        assert site.post(env["job_id"], doc).status_code == 200
+    monkeypatch.setenv("JIP_COORDINATOR_URL", world.coord.url)
+    monkeypatch.setenv("JIP_COORDINATOR_TOKEN", world.tokens["scientist"])
+    capsys.readouterr()
+    assert main(["results", run["run_id"]]) == 0
+    out = capsys.readouterr().out
+    assert f"{a.name}: ran in the site's sandbox; 2 redactions:" in out
+    assert "  identifier: 3 at cell 2, output 0 [PatientName (base64)]" in out
+    assert "  k_suppression: 1 at record 0, name n" in out
+    assert f"{b.name}: ran UNISOLATED (the site's policy allows it); no redactions" in out
+    assert main(["results", run["run_id"], "--long"]) == 0
+    long = capsys.readouterr().out
+    assert "isolation" in long and "redactions" in long and "identifier: 3 at cell 2" in long
+    assert main(["results", run["run_id"], "--format", "json"]) == 0
+    by_site = {s["site"]: s for s in json.loads(capsys.readouterr().out)["sites"]}
+    assert by_site[a.name]["redactions"] == report and by_site[a.name]["isolation"] == "sandbox"
+    assert by_site[b.name]["redactions"] == [] and by_site[b.name]["isolation"] == "none"
+
+
 # ---------------------------------------------------------------------- storage
 
 

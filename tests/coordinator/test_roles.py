@@ -19,6 +19,8 @@ MEMBERS = {"scientist", "reviewer", "coordinator", "admin"}
 ENDPOINTS: list[tuple[str, str, str, Any, set[str]]] = [
     ("keys", "GET", "/keys", None, MEMBERS | {"outsider", "site"}),
     ("create_study", "POST", "/studies", "study", {"admin"}),
+    ("list_studies", "GET", "/studies", None, MEMBERS | {"outsider"}),
+    ("list_runs", "GET", "/studies/{study}/runs", None, MEMBERS),
     ("add_member", "POST", "/studies/{study}/members", {"username": "frank", "role": "reviewer"}, {"admin"}),
     ("submit", "POST", "/studies/{study}/notebooks", "notebook", {"scientist"}),
     ("list_versions", "GET", "/studies/{study}/notebooks", None, MEMBERS),
