@@ -246,7 +246,11 @@ class Run:
 
     @staticmethod
     def _show(run: Mapping[str, Any], bars: dict[str, Any]) -> None:
-        from tqdm.auto import tqdm
+        import warnings
+
+        with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns, then draws text bars
+            warnings.simplefilter("ignore")
+            from tqdm.auto import tqdm
 
         width = max((len(j["site"]) for j in run["jobs"]), default=4)
         for pos, job in enumerate(run["jobs"]):

@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "disclosure",
         "checking 40 MB of outputs against 1,000,000 identifying values: vs a substring loop",
     ),
+    "lungs": ("lungs", "lung segmentation of one CT, 96x96x48 and 512x512x300: torch CUDA vs CPU"),
 }
 
 

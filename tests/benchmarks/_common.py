@@ -52,6 +52,8 @@ class Sizes:
     scale_sites: int = 1000
     scale_runs: int = 5
     federation_warmup: bool = True
+    lungs_shapes: tuple[tuple[int, int, int], ...] = ((48, 96, 96), (300, 512, 512))
+    lungs_rounds: int = 5
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -73,6 +75,8 @@ class Sizes:
             scale_sites=20,
             scale_runs=1,
             federation_warmup=False,
+            lungs_shapes=((12, 48, 48),),
+            lungs_rounds=2,
         )
 
 

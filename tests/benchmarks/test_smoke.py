@@ -25,6 +25,7 @@ TITLES = (
     "== latency:",
     "== coordinator-scale:",
     "== disclosure:",
+    "== lungs:",
 )
 
 
