@@ -356,7 +356,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 ok = ok and all(s["state"] == "succeeded" for s in results["sites"])
             if not args.exit_when_done:
                 _say(
-                    f"\nThe federation keeps running: coordinator {fed.url} "
+                    f"\nThe federation keeps running: the dashboard at {fed.url}/ui/ , the API at {fed.url} "
                     f"(users: {', '.join(f'{u} / {p}' for u, p in fed.passwords.items())}); "
                     f"files and logs under {work}.\nPress Ctrl-C to stop."
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -133,6 +135,11 @@ def test_demo_keeps_running_until_ctrl_c(tmp_path: Path) -> None:
         assert any("Press Ctrl-C" in line for line in lines), "".join(lines)
         running = _processes_under(work)
         assert len(running) == 5, running  # the demo, the coordinator and three runners
+        ui = re.search(r"the dashboard at (\S+/ui/)", "".join(lines))
+        assert ui, "".join(lines)
+        page = httpx.get(ui.group(1), follow_redirects=True, timeout=10)
+        assert page.status_code == 200 and "password" in page.text.lower()
+        assert "default-src 'none'" in page.headers["content-security-policy"]
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest
