@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast, overload
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from jipkit.config import SiteConfig, load_config
 from jipkit.data.cache import SeriesCache
@@ -26,6 +25,10 @@ from jipkit.data.load import assemble
 from jipkit.data.schema import ATTRIBUTES, LEVELS, NUMERIC, Level
 from jipkit.data.volume import Volume
 from jipkit.errors import ConfigError, NotFoundError, QueryError
+
+with warnings.catch_warnings():  # tqdm.auto warns in a kernel without ipywidgets (a site's
+    warnings.simplefilter("ignore")  # headless runs: stderr in every run), then draws text bars
+    from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     import dask.array

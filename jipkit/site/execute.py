@@ -21,7 +21,8 @@ Each run gets
   The group is also killed after every run, so nothing a notebook started outlives it.
 
 Only output cells (no sources, no error outputs, no stderr) and typed records come back
-in the :class:`Outcome`; messages and tracebacks go to the site's log.  A failed run
+in the :class:`Outcome` (what was withheld is counted per cell, for the redaction
+report); messages and tracebacks go to the site's log.  A failed run
 returns no outputs or records: its status, reason code, failing cell index and (only for
 Python built-ins) the exception's class name.
 """
@@ -143,6 +144,11 @@ class Outcome:
     series_read : tuple of str
         SeriesInstanceUIDs the run read through the data channel (for provenance; stays
         at the site).
+    withheld : tuple of dict
+        What of a succeeded run's outputs never left here, as redaction report entries
+        (``{"rule": "stream_stderr", "place": {"cell": 3}, "count": 2}``): stream output
+        other than stdout (``stream_stderr``) and error outputs (``error_output``), counted
+        per cell, so that the result's redaction report names them too.
     """
 
     status: Literal["succeeded", "failed"]
@@ -157,6 +163,7 @@ class Outcome:
     run_dir: Path = field(compare=False)
     isolation: Literal["sandbox", "none"] = "none"
     series_read: tuple[str, ...] = ()
+    withheld: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
 
 def _kernel_spec_manager(kernel_dirs: Iterable[Path] | None) -> KernelSpecManager:
@@ -308,24 +315,34 @@ def _make_run_dir(workdir: Path, label: str) -> Path:
     return run_dir
 
 
-def _collect_outputs(nb: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Outputs of the canonical cells (no injected cells, no error outputs, no stderr)."""
+def _collect_outputs(
+    nb: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Outputs of the canonical cells (no injected cells, no error outputs, no stderr), the
+    records, and what was withheld (see :attr:`Outcome.withheld`)."""
     outputs: list[dict[str, Any]] = []
+    withheld: list[dict[str, Any]] = []
     canonical_cells = []
     for cell in nb["cells"]:
         m = _CELL_ID.match(str(cell.get("id", "")))
         if m is None or cell.get("cell_type") != "code":
             continue
-        kept = [
-            dict(o)
-            for o in cell.get("outputs", [])
-            if o.get("output_type") != "error"
-            and not (o.get("output_type") == "stream" and o.get("name") != "stdout")
-        ]
+        kept, dropped = [], {"error_output": 0, "stream_stderr": 0}
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "error":
+                dropped["error_output"] += 1
+            elif o.get("output_type") == "stream" and o.get("name") != "stdout":
+                dropped["stream_stderr"] += 1
+            else:
+                kept.append(dict(o))
         canonical_cells.append({"outputs": kept})
+        index = int(m.group(1))
         if kept:
-            outputs.append({"cell": int(m.group(1)), "outputs": _plain(kept)})
-    return outputs, extract_records(canonical_cells)
+            outputs.append({"cell": index, "outputs": _plain(kept)})
+        withheld.extend(
+            {"rule": rule, "place": {"cell": index}, "count": n} for rule, n in dropped.items() if n
+        )
+    return outputs, extract_records(canonical_cells), withheld
 
 
 def _plain(value: Any) -> Any:
@@ -600,7 +617,7 @@ def run_notebook(
         log.error("%s: the runner failed to run the notebook", label, exc_info=err)
         return failed("internal_error")
     try:
-        outputs, records = _collect_outputs(result["nb"])
+        outputs, records, withheld = _collect_outputs(result["nb"])
     except NotebookError as e:
         log.warning("%s: %s", label, e)
         return failed("output_invalid")
@@ -618,4 +635,5 @@ def run_notebook(
         run_dir,
         isolation,
         tuple(server.series_read) if server is not None else (),
+        tuple(withheld),
     )

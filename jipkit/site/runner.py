@@ -434,7 +434,9 @@ class Runner:
     def _disclose(self, env: Mapping[str, Any], outcome: Outcome) -> tuple[Outcome, _Checks | None]:
         """Apply the site's output checks to a succeeded run (:mod:`jipkit.site.disclosure`).
 
-        Fails closed: when the checks themselves fail, nothing of the run leaves.
+        The redaction report ends with what the run withheld (stderr, per cell:
+        :attr:`~jipkit.site.execute.Outcome.withheld`).  Fails closed: when the checks
+        themselves fail, nothing of the run leaves.
         """
         if outcome.status != "succeeded":
             return outcome, None
@@ -456,7 +458,8 @@ class Runner:
             log.exception("job %s: the output checks failed; nothing of the run leaves", env.get("job_id"))
             failed = replace(outcome, status="failed", reason="internal_error", outputs=[], records=[])
             return failed, None
-        report = checked.report()
+        # what the checks removed or changed, then what the run never handed over (stderr)
+        report = checked.report() + [dict(entry) for entry in outcome.withheld]
         if report:
             log.warning(
                 "job %s: the output checks removed or changed %d item(s): %s",

@@ -39,7 +39,9 @@ def test_studies_versions_submit_review(world: World) -> None:
         assert list(studies.name) == [world.study]
         assert studies.roles.iloc[0] == "scientist"
         vh = fed.submit(world.study, make_notebook(body="z = 3  # jip.Coordinator"))
-        assert fed.submit(world.study, make_notebook(body="z = 3  # jip.Coordinator")) == vh  # same notebook, same version
+        assert (
+            fed.submit(world.study, make_notebook(body="z = 3  # jip.Coordinator")) == vh
+        )  # same notebook, same version
         versions = fed.versions(world.study).set_index("version_hash")
         assert versions.at[vh, "state"] == "pending" and versions.at[vh, "author"] == "alice"
         assert versions.at[world.version_hash, "state"] == "approved"

@@ -343,7 +343,12 @@ def test_results_show_isolation_and_the_redaction_report(
     run = world.start_run([a, b])
     env_a, env_b = a.claim(), b.claim()
     report = [
-        {"rule": "identifier", "place": {"cell": 2, "output": 0}, "count": 3, "detail": "PatientName (base64)"},
+        {
+            "rule": "identifier",
+            "place": {"cell": 2, "output": 0},
+            "count": 3,
+            "detail": "PatientName (base64)",
+        },
         {"rule": "k_suppression", "place": {"record": 0, "name": "n"}, "count": 1},
     ]
     doc_a = a.result(env_a, records=[count("n", 8)], extra={"isolation": "sandbox", "redactions": report})

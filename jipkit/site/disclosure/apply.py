@@ -11,7 +11,7 @@ signs the result.  In order:
    (:mod:`~jipkit.site.disclosure.counts`); then the numeric budget and the size limit.
 2. **Outputs**, each item in turn: output type (errors and non-stdout streams never
    leave); MIME allow-list; size limits; record outputs replaced by the checked record
-   (their text is written again from it); text (``text/plain``, stdout) checked for
+   (their text is written again from it; anything else they showed is reported); text (``text/plain``, stdout) checked for
    identifiers and blobs and redacted **line by line**; HTML checked as the reader sees
    it (:func:`~jipkit.site.disclosure.encodings.markup_text`) and removed whole on any
    finding (HTML cannot be cut safely); SVG checked for identifiers and active content;
@@ -373,6 +373,8 @@ class _Checker:
                 if kind in _OUTPUT_TYPES and RECORD_MIME in data:
                     if next_record < len(records):
                         rec, rule = records[next_record], self.removed.get(next_record, "record")
+                        if rec is not None:
+                            self._record_extras(item, originals[next_record], place)
                     else:
                         rec, rule = None, "record_unlisted"
                         self.redact(rule, place)
@@ -393,6 +395,27 @@ class _Checker:
             if kept:
                 out.append({"cell": cell.get("cell"), "outputs": kept})
         return out
+
+    def _record_extras(
+        self, item: Mapping[str, Any], original: Mapping[str, Any], place: Mapping[str, Any]
+    ) -> None:
+        """Report what a record output shows besides its record: it is written again from the record.
+
+        ``jip.record`` shows a record with its own text and nothing else; other MIME
+        types, another text, or metadata beside it never leave (and were not checked).
+        """
+        data: Mapping[str, Any] = item.get("data") or {}
+        try:
+            own = record_text(original)
+        except (KeyError, TypeError):  # pragma: no cover - the record was validated
+            own = None
+        extras = [m for m in data if m not in (RECORD_MIME, "text/plain")]
+        if "text/plain" in data and _as_text(data["text/plain"]) != own:
+            extras.append("text/plain")
+        if extras:
+            self.redact("record_display_replaced", place, len(extras))
+        if item.get("metadata"):
+            self.redact("metadata_removed", place)
 
     def _record_output(
         self, rec: dict[str, Any] | None, rule: str, place: Mapping[str, Any]

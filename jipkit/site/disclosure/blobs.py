@@ -5,12 +5,17 @@ Rules, by name (each finding is removed whole):
 ``base64_blob``
     A run of at least ``min_chars`` characters of the base64 alphabets holding an
     uppercase letter, a lowercase letter and a digit (or ``+``/``/``), or followed by
-    ``=`` padding; any such run of 1024 characters or more, whatever it holds.
+    ``=`` padding; any such run of 1024 characters or more, whatever it holds.  Also a
+    blob written in pieces (wrapped at 60 characters a line, cut into groups): the runs
+    of 8 to ``min_chars`` characters holding an uppercase letter, a lowercase letter and
+    a digit (or ``+``/``/``) are blobs when a text holds at least ``4 * min_chars``
+    characters of distinct such pieces (or of hex pieces, below).
 ``compressed_blob``
     A ``base64_blob`` or ``hex_blob`` whose bytes start like zlib, gzip, zip, bzip2,
     xz, zstd, PNG, JPEG or NumPy's ``.npy`` data.
 ``hex_blob``
-    A run of at least ``min_chars`` hex digits with a letter in it.
+    A run of at least ``min_chars`` hex digits with a letter in it; in pieces, runs of
+    8 to ``min_chars`` hex digits with a letter and a digit, counted as above.
 ``digit_blob``
     A run of at least ``min_chars`` digits (no number is that long).
 ``escaped_bytes``
@@ -59,7 +64,13 @@ _MAGIC: Final = (
     b"\x93NUMPY",
 )
 _ESCAPE: Final = re.compile(r"\\x[0-9A-Fa-f]{2}")
+#: Pieces of a blob written in pieces are at least this long ...
+_PIECE: Final = 8
+#: ... and there are at least this many times ``min_chars`` characters of them in a text.
+_PIECES_FACTOR: Final = 4
+_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
 _ESCAPES_PER_LINE: Final = 16
+_URL_SAFE: Final = str.maketrans("-_", "+/")
 _DIGITS_ONLY: Final = bytes(c if 48 <= c <= 57 or c == 46 else 32 for c in range(256))
 
 
@@ -115,6 +126,46 @@ def _classify(run: str, padded: bool, min_chars: int) -> str | None:
     return None
 
 
+def _piece_kind(piece: str) -> str | None:
+    """``hex`` or ``base64`` when a short run looks like a piece of such a blob."""
+    has_digit = any(c.isdigit() for c in piece)
+    if _HEX_DIGITS.issuperset(piece):
+        return "hex" if has_digit and not piece.isdigit() else None
+    has_upper = any(c.isupper() for c in piece)
+    has_lower = any(c.islower() for c in piece)
+    if has_upper and has_lower and (has_digit or "+" in piece or "/" in piece):
+        return "base64"
+    return None
+
+
+def _pieces(tokens: ByteText, min_chars: int) -> list[Blob]:
+    """A blob written in pieces: many short runs that each look like a piece of one."""
+    data = tokens.data
+    starts, ends = tokens.base64_runs(_PIECE, min_chars)
+    pieces = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        kind = _piece_kind(data[s:e].decode("ascii"))
+        if kind is not None:
+            pieces.append((s, e, kind))
+    # distinct pieces only: a word repeated down a table or a log ("ResNet50") is not data
+    if sum(len(p) for p in {data[s:e] for s, e, _ in pieces}) < _PIECES_FACTOR * min_chars:
+        return []
+    out: list[Blob] = []
+    for kind in ("base64", "hex"):
+        mine = [(s, e) for s, e, k in pieces if k == kind]
+        if not mine:
+            continue
+        head = b"".join(data[s:e] for s, e in mine)[:16].decode("ascii")
+        try:
+            raw = bytes.fromhex(head) if kind == "hex" else base64.b64decode(head.translate(_URL_SAFE)[:12])
+        except (binascii.Error, ValueError):  # pragma: no cover - alphabet checked by the pattern
+            raw = b""
+        rule = "compressed_blob" if _compressed(raw) else f"{kind}_blob"
+        offsets = tokens.char_offsets([b for span in mine for b in span])
+        out.extend(Blob(rule, offsets[2 * i], offsets[2 * i + 1]) for i in range(len(mine)))
+    return out
+
+
 def count_numbers(text: str) -> int:
     """How many numbers ``text`` holds (runs of digits; a decimal point does not split one)."""
     return len(text.encode("utf-8", "surrogatepass").translate(_DIGITS_ONLY, b".").split())
@@ -157,6 +208,7 @@ def find_blobs(
         rule = _classify(data[s:e].decode("ascii"), pad > e, min_chars)
         if rule is not None:
             found.append(Blob(rule, tokens.char_offset(s), tokens.char_offset(pad)))
+    found.extend(_pieces(tokens, min_chars))
     if "\\x" in text:
         lines: dict[int, int] = {}
         for m in _ESCAPE.finditer(text):

@@ -21,8 +21,11 @@ Candidates:
     an HTML character reference, decoded as a whole (so a name split by spaces stays
     whole).
 
-Runs of 1024 characters or more are not decoded: they are blobs, removed whatever they
-hold (:mod:`jipkit.site.disclosure.blobs`).  Decoded text is searched again (two levels
+Decoded bytes are read as UTF-8; bytes that are not UTF-8 but look like ISO 8859-1 text
+(DICOM's ``ISO_IR 100``), or with many 0 bytes at every other place (UTF-16 of text
+with Latin letters), are read
+that way too.  Runs of 1024 characters or more are not decoded: they are blobs, removed
+whatever they hold (:mod:`jipkit.site.disclosure.blobs`).  Decoded text is searched again (two levels
 of nesting: base64 of hex is found).
 """
 
@@ -33,7 +36,7 @@ import binascii
 import html
 import re
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -45,6 +48,7 @@ __all__ = [
     "ACTIVE_TAGS",
     "MAX_DECODED_RUN",
     "Markup",
+    "candidate_positions",
     "candidates",
     "decode_candidate",
     "decode_lines",
@@ -111,8 +115,45 @@ def candidates(text: ByteText) -> set[str]:
     return {data[s:e].decode("ascii") for s, e in zip(starts.tolist(), ends.tolist(), strict=True)}
 
 
+def candidate_positions(text: ByteText, runs: Iterable[str]) -> dict[str, list[int]]:
+    """Where each of ``runs`` (from :func:`candidates`) stands in the text, as a whole run
+    (character offsets; one pass over the text however many runs there are)."""
+    return text.base64_run_positions(runs, _MIN_RUN, MAX_DECODED_RUN)
+
+
 def _utf8(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
+
+#: Bytes that are neither printable ISO 8859-1 nor a space, tab or line break: C0 and C1 controls.
+_CONTROLS: Final = bytes([*range(0, 9), 11, 12, *range(14, 32), *range(0x7F, 0xA0)])
+_HIGH: Final = bytes(range(0x80, 0x100))
+
+
+def _texts(data: bytes) -> list[str]:
+    """``data`` as text: UTF-8, and also ISO 8859-1 or UTF-16 where it looks like that instead.
+
+    Undecodable bytes become U+FFFD, which the matcher ignores.  Bytes that are not
+    UTF-8 are also read as ISO 8859-1 (DICOM's ``ISO_IR 100``) when they look like text
+    in it: at least 8 bytes, no control characters, and at most a third of them above
+    0x7F (junk decoded from an ordinary run rarely is).  At least 8 bytes of which half
+    the odd (or even) ones are 0 are also read as UTF-16, little- (or big-) endian: text
+    with some Latin letters.
+    """
+    utf8 = _utf8(data)
+    out = [utf8]
+    if len(data) < 8:
+        return out
+    if "\ufffd" in utf8:
+        high = len(data) - len(data.translate(None, _HIGH))
+        if 3 * high <= len(data) and len(data.translate(None, _CONTROLS)) == len(data):
+            out.append(data.decode("latin-1"))
+    pairs = len(data) // 2
+    for zero, codec in ((1, "utf-16-le"), (0, "utf-16-be")):
+        if 2 * data[zero::2].count(0) >= pairs and 2 * data[1 - zero :: 2].count(0) < pairs:
+            start = 2 if data[:2] in (b"\xff\xfe", b"\xfe\xff") else 0  # a byte order mark
+            out.append(data[start : start + (len(data) - start) // 2 * 2].decode(codec, "replace"))
+    return out
 
 
 def decode_candidate(run: str) -> list[tuple[str, str]]:
@@ -127,8 +168,9 @@ def decode_candidate(run: str) -> list[tuple[str, str]]:
     -------
     list of (str, str)
         ``("hex", text)`` for each hex sub-run at each nibble offset, ``("base64",
-        text)`` at each character offset.  Undecodable bytes become U+FFFD, which the
-        matcher ignores, so junk around a value does not hide it.
+        text)`` at each character offset (more than one text where the bytes may be
+        ISO 8859-1 or UTF-16: :func:`_texts`).  Undecodable bytes become U+FFFD, which
+        the matcher ignores, so junk around a value does not hide it.
     """
     out: list[tuple[str, str]] = []
     for hex_run in _HEX_RUN.findall(run):
@@ -136,7 +178,7 @@ def decode_candidate(run: str) -> list[tuple[str, str]]:
             chunk = hex_run[phase:]
             chunk = chunk[: len(chunk) // 2 * 2]
             if len(chunk) >= 8:
-                out.append(("hex", _utf8(bytes.fromhex(chunk))))
+                out.extend(("hex", text) for text in _texts(bytes.fromhex(chunk)))
     if not run.isdigit():
         std = run.translate(_URL_SAFE)
         for phase in range(4):
@@ -148,7 +190,7 @@ def decode_candidate(run: str) -> list[tuple[str, str]]:
                 chunk += "=" * (4 - rest)
             if len(chunk) >= 6:
                 try:
-                    out.append(("base64", _utf8(base64.b64decode(chunk))))
+                    out.extend(("base64", text) for text in _texts(base64.b64decode(chunk)))
                 except (binascii.Error, ValueError):  # pragma: no cover - alphabet checked above
                     continue
     return out

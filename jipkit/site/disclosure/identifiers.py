@@ -22,9 +22,10 @@ Exactly what is found:
     number (``0.12345678``); letters next to them are fine (``MRN12345678``).
     Separators between digits are *not* ignored: with millions of 8-digit MRNs most
     8-digit strings are someone's, and ``"1234 5678"`` is more often two numbers.
-**Alphanumeric IDs** (``KV123456789``, ``SYN-000123``)
-    by their longest run of digits, then the whole compact form around it (separators
-    ignored, token boundaries as for short words).
+**Alphanumeric IDs** (``KV123456789``, ``SYN-000123``, ``ACC-20240311-7``)
+    by their longest run of digits (in the compact form, or as the value is written),
+    then the whole compact form around it (separators ignored, token boundaries as for
+    short words).
 **Punctuated tokens** (UIDs as written, birth dates as ``1980-01-02``, ``02.01.1980``,
     ``2.1.1980``, ``01/02/1980``, ``1/2/1980``..., IDs written with separators)
     as whole tokens of digits and ``./-``.
@@ -39,12 +40,14 @@ text a match must not span control characters or undecodable bytes (junk decoded
 an ordinary run holds letters apart), and month names may be glued to junk.
 
 Not found (by design or as a known limit): a value shorter than the policy's minimum
-lengths (``Ng^A`` with the default 4); a family or given name alone; reversed, shifted
-or otherwise recoded text, and encodings other than the above; short numeric IDs with
-separators inserted (``1234-5678``) or leading zeros added; alphanumeric IDs whose
-longest digit run is shorter than the numeric minimum; dates with two-digit years or
-month names other than English and German; digits of other scripts; text drawn in
-images.
+lengths (``Ng^A`` with the default 4); a family or given name alone; a short form glued
+to letters of the same script and case (``XXLi Bo``: no token boundary); reversed,
+shifted or otherwise recoded text (ROT13, base32, base85, quoted-printable, lists of
+code points), and encodings other than the above (UTF-16 of text without Latin letters,
+Shift JIS, GB 18030); short numeric IDs with separators inserted (``1234-5678``) or
+leading zeros added; alphanumeric IDs whose longest digit run is shorter than the
+numeric minimum; dates with two-digit years or month names other than English and
+German; digits of other scripts; text drawn in images.
 
 Building the matcher for 1,000,000 values takes seconds: :func:`cached_matcher` keeps one
 per index state, in memory and (optionally) on disk.
@@ -53,7 +56,6 @@ per index state, in memory and (optionally) on disk.
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
 import os
 import pickle
@@ -70,7 +72,7 @@ import numpy as np
 
 from jipkit.data.schema import level_of
 from jipkit.site.disclosure.dates import month_dates
-from jipkit.site.disclosure.encodings import candidates, decode_candidate, decode_lines
+from jipkit.site.disclosure.encodings import candidate_positions, candidates, decode_candidate, decode_lines
 from jipkit.site.disclosure.forms import ATTRIBUTE_KINDS, forms_of
 from jipkit.site.disclosure.normalize import CompactMap, is_boundary, weight
 from jipkit.site.disclosure.tokens import ByteText
@@ -81,13 +83,12 @@ __all__ = ["Hit", "IdentifierMatcher", "cached_matcher", "index_values"]
 UNBOUNDED_LENGTH: Final = 10
 _MAX_DEPTH: Final = 2
 _CACHE_LIMIT: Final = 200_000
-_FORMAT: Final = 3
+_FORMAT: Final = 4
 _HAS_DIGIT: Final = re.compile("[0-9]")
 _DIGIT_RUN: Final = re.compile("[0-9]+")
 _DATE: Final = re.compile("^[0-9]{8}")
 _TABLES: Final = {"PATIENT": "patients", "STUDY": "studies", "SERIES": "series", "IMAGE": "instances"}
 
-_RUN_CHARS: Final = "A-Za-z0-9+/_-"
 #: In decoded text, a match must not span control characters or undecodable bytes: junk
 #: decoded from a random run (the digits of a float, read as hex) holds letters apart.
 _GARBLED: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f\ufffd]")
@@ -236,6 +237,7 @@ class IdentifierMatcher:
             code = codes.setdefault(attribute, len(codes))
             kind = ATTRIBUTE_KINDS.get(attribute, "text")
             forms = forms_of(kind, str(raw))
+            written_runs = {r for r in _DIGIT_RUN.findall(str(raw)) if len(r) >= min_numeric_length}
             for w in forms.words:
                 if weight(w) < min_length:
                     continue
@@ -244,7 +246,10 @@ class IdentifierMatcher:
                     continue
                 run = max(_DIGIT_RUN.findall(w), key=len)
                 if len(run) >= min_numeric_length:
-                    keys.alnum.setdefault(run.encode("ascii"), []).append((code, w, _bounded(w)))
+                    # found by the longest run of the compact form ("ACC202403117") and by
+                    # the runs as the value is written ("ACC-20240311-7")
+                    for key in {run, *written_runs}:
+                        keys.alnum.setdefault(key.encode("ascii"), []).append((code, w, _bounded(w)))
             for d in forms.digits:
                 if len(d) >= min_numeric_length:
                     digits.setdefault(d.encode("ascii"), code)
@@ -350,11 +355,11 @@ class IdentifierMatcher:
         """
         joined = _Joined(texts, tokens)
         out = self._plain(joined)
-        for run, found in self._resolve(candidates(joined.tokens), 1).items():
-            if found:
-                for m in _run_pattern(run).finditer(joined.text):
-                    k, start = joined.locate(m.start())
-                    out[k].extend(Hit(attr, start, start + len(run), enc) for attr, enc in found)
+        resolved = {run: found for run, found in self._resolve(candidates(joined.tokens), 1).items() if found}
+        for run, positions in candidate_positions(joined.tokens, resolved).items():
+            for pos in positions:
+                k, start = joined.locate(pos)
+                out[k].extend(Hit(attr, start, start + len(run), enc) for attr, enc in resolved[run])
         lines = [(k, line) for k, text in enumerate(texts) for line in decode_lines(text)]
         if lines:
             attrs = self._attributes([decoded for _, (_, decoded, _, _) in lines], 1)
@@ -371,11 +376,14 @@ class IdentifierMatcher:
         ]
         if depth >= _MAX_DEPTH:
             return found
-        for run, pairs in self._resolve(candidates(joined.tokens), depth + 1).items():
-            attrs = {attr for attr, _ in pairs}
-            if attrs:
-                for m in _run_pattern(run).finditer(joined.text):
-                    found[joined.locate(m.start())[0]] |= attrs
+        resolved = {
+            run: {attr for attr, _ in pairs}
+            for run, pairs in self._resolve(candidates(joined.tokens), depth + 1).items()
+            if pairs
+        }
+        for run, positions in candidate_positions(joined.tokens, resolved).items():
+            for pos in positions:
+                found[joined.locate(pos)[0]] |= resolved[run]
         lines = [(k, decoded) for k, text in enumerate(texts) for _, decoded, _, _ in decode_lines(text)]
         if lines:
             for (k, _), attrs in zip(lines, self._attributes([d for _, d in lines], depth + 1), strict=True):
@@ -407,17 +415,22 @@ class IdentifierMatcher:
         """Hits of each text as written (no decoding); ``decoded``: the texts were decoded."""
         out: list[list[Hit]] = [[] for _ in joined.texts]
         tokens = joined.tokens
+        # Keys are looked up among the text's whole digit runs and ID tokens, then found
+        # where they stand in one pass (not one search of the text per key found).
         if self._min_digits:
             runs = tokens.digit_runs(self._min_digits)
-            for key, code in self._digits.find(runs):
-                self._located(joined, _digits_pattern(key), code, out)
-            for key in filter(self._alnum.__contains__, runs):
-                self._alphanumeric(joined, _digits_pattern(key), self._alnum[key], out)
+            codes = dict(self._digits.find(runs))
+            alnum = set(filter(self._alnum.__contains__, runs))
+            where = tokens.digit_run_positions(self._min_digits, codes.keys() | alnum)
+            for key, code in codes.items():
+                self._located(joined, where[key], len(key), code, out)
+            for key in alnum:
+                self._alphanumeric(joined, where[key], len(key), self._alnum[key], out)
         if len(self._punct):
-            for key, code in self._punct.find(tokens.id_tokens(self._min_punct)):
-                escaped = re.escape(key.decode())
-                pattern = rf"(?<![0-9])(?<![0-9][./-]){escaped}(?![0-9])(?![./-][0-9])"
-                self._located(joined, pattern, code, out)
+            codes = dict(self._punct.find(tokens.id_tokens(self._min_punct)))
+            where = tokens.id_token_positions(self._min_punct, codes)
+            for key, code in codes.items():
+                self._located(joined, where[key], len(key), code, out)
         if self._dates:
             for start, end, date in month_dates(tokens, loose=decoded):
                 if date in self._dates:
@@ -432,21 +445,29 @@ class IdentifierMatcher:
             self._words(joined, out)
         return out
 
-    def _located(self, joined: _Joined, pattern: str, code: int, out: list[list[Hit]]) -> None:
-        for m in re.finditer(pattern, joined.text):
-            k, start = joined.locate(m.start())
-            out[k].append(Hit(self._attributes_by_code[code], start, start + len(m.group())))
+    def _located(
+        self, joined: _Joined, positions: Sequence[int], length: int, code: int, out: list[list[Hit]]
+    ) -> None:
+        """Hits of a key of ``length`` (ASCII) characters at ``positions`` of the joined text."""
+        for pos in positions:
+            k, start = joined.locate(pos)
+            out[k].append(Hit(self._attributes_by_code[code], start, start + length))
 
     def _alphanumeric(
-        self, joined: _Joined, pattern: str, forms: list[tuple[int, str, bool]], out: list[list[Hit]]
+        self,
+        joined: _Joined,
+        positions: Sequence[int],
+        length: int,
+        forms: list[tuple[int, str, bool]],
+        out: list[list[Hit]],
     ) -> None:
-        """Alphanumeric forms around each occurrence of their digit run."""
-        for m in re.finditer(pattern, joined.text):
-            k, at = joined.locate(m.start())
+        """Alphanumeric forms around each occurrence of their digit run (``length`` digits)."""
+        for pos in positions:
+            k, at = joined.locate(pos)
             text = joined.texts[k]
             for code, form, bounded in forms:
                 left = max(0, at - 3 * len(form))
-                window = text[left : at + len(m.group()) + 3 * len(form)]
+                window = text[left : at + length + 3 * len(form)]
                 mapping = CompactMap(window, digits=True)
                 found = mapping.compact.find(form)
                 while found >= 0:
@@ -497,16 +518,6 @@ class _Joined:
         """Which text a position of the joined text is in, and where in it."""
         k = bisect.bisect_right(self.starts, pos) - 1
         return k, pos - self.starts[k]
-
-
-def _digits_pattern(key: bytes) -> str:
-    """A run of digits, whole, and not the decimals of a number."""
-    return rf"(?<![0-9])(?<![0-9]\.){key.decode()}(?![0-9])"
-
-
-@functools.lru_cache(maxsize=4096)
-def _run_pattern(run: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<![{_RUN_CHARS}]){re.escape(run)}(?![{_RUN_CHARS}])")
 
 
 def index_values(index_path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:

@@ -138,12 +138,20 @@ def _base_before(text: str, pos: int) -> str | None:
     return text[i] if i >= 0 else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _script(ch: str) -> str:
+    """The script a letter belongs to, as the first word of its Unicode name (``LATIN``, ``HEBREW``)."""
+    name = unicodedata.name(ch, "")
+    return name.split(" ", 1)[0] if name else ""
+
+
 def is_boundary(text: str, pos: int) -> bool:
     """Whether a token starts or ends at ``pos`` in ``text``.
 
     Tokens are runs of letters and digits; a token also ends where letters change to
-    digits or back, between a lowercase and an uppercase letter (``camelCase``), and
-    around every character of an East Asian script (they are written without spaces).
+    digits or back, between a lowercase and an uppercase letter (``camelCase``), where
+    the script changes (``xכהן``: Latin, then Hebrew), and around every character of an
+    East Asian script (they are written without spaces).
     """
     if pos <= 0 or pos >= len(text):
         return True
@@ -156,7 +164,9 @@ def is_boundary(text: str, pos: int) -> bool:
         return True
     if before.isdigit() != after.isdigit():
         return True
-    return before.islower() and after.isupper()
+    if before.islower() and after.isupper():
+        return True
+    return not (before.isascii() and after.isascii()) and _script(before) != _script(after)
 
 
 class CompactMap:

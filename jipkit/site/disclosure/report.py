@@ -38,6 +38,7 @@ RULES: Final[Mapping[str, str]] = {
     "record_name_not_reviewed": "a record name that the reviewed notebook does not contain",
     "record_budget": "a record beyond the policy's number of records per result",
     "record_unlisted": "a record output with no matching record",
+    "record_display_replaced": "what a record output showed besides its record, replaced by the checked record",
     "numeric_budget": "an item beyond the policy's number of numeric values per result",
     "k_suppression": "a count below k (value null, suppressed)",
     "recorded_table_display": "a displayed copy of a recorded table, shown as its checked record",

@@ -16,6 +16,7 @@ Only ASCII bytes have classes: multi-byte characters end every run.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import Final
 
@@ -133,6 +134,27 @@ class ByteText:
             return byte_offset
         return len(self.data[:byte_offset].decode("utf-8", "surrogatepass"))
 
+    def char_offsets(self, byte_offsets: Sequence[int]) -> list[int]:
+        """:meth:`char_offset` of many byte offsets, in one pass over the text."""
+        if len(self.data) == len(self.text):
+            return list(byte_offsets)
+        out = [0] * len(byte_offsets)
+        pos = chars = 0
+        for i in sorted(range(len(byte_offsets)), key=byte_offsets.__getitem__):
+            chars += len(self.data[pos : byte_offsets[i]].decode("utf-8", "surrogatepass"))
+            pos = byte_offsets[i]
+            out[i] = chars
+        return out
+
+    def _positions(self, spans: Iterable[tuple[bytes, int]]) -> dict[bytes, list[int]]:
+        """``{token: [character offsets]}`` from ``(token, byte offset)`` pairs."""
+        pairs = list(spans)
+        chars = self.char_offsets([b for _, b in pairs])
+        out: dict[bytes, list[int]] = {}
+        for (token, _), at in zip(pairs, chars, strict=True):
+            out.setdefault(token, []).append(at)
+        return out
+
     # -- numbers ---------------------------------------------------------------------
 
     @cached_property
@@ -155,15 +177,30 @@ class ByteText:
         data = self.data
         return {data[starts[i] : ends[i]] for i in keep.tolist()}
 
+    def digit_run_positions(self, min_length: int, wanted: Iterable[bytes]) -> dict[bytes, list[int]]:
+        """Where the digit runs of :meth:`digit_runs` that are in ``wanted`` are (character offsets)."""
+        wanted = set(wanted)
+        if not wanted:
+            return {}
+        starts, ends, fraction = self._digit_runs
+        keep = np.flatnonzero(((ends - starts) >= min_length) & ~fraction)
+        data = self.data
+        spans = ((data[s:e], s) for s, e in zip(starts[keep].tolist(), ends[keep].tolist(), strict=True))
+        return self._positions((run, s) for run, s in spans if run in wanted)
+
     def id_tokens(self, min_digits: int) -> set[bytes]:
         """Distinct tokens of digits with ``.``, ``/`` or ``-`` inside (edges stripped).
 
         Plain decimals (one ``.`` inside) are left out, and tokens with fewer than
         ``min_digits`` digits.
         """
+        return {token for token, _ in self._id_tokens(self._id_points(), min_digits)}
+
+    def _id_points(self) -> npt.NDArray[np.intp]:
+        """Byte offsets of separators that make a token of digits an ID token (one or more per token)."""
         n = len(self.data)
         if n < 3:
-            return set()
+            return _EMPTY
         digit = (self.classes & DIGIT) != 0
         # separators with a digit on both sides, by position (offset by one)
         inner = ((self.classes[1:-1] & ID_SEP) != 0) & digit[:-2] & digit[2:]
@@ -174,18 +211,43 @@ class ByteText:
             d_starts, d_ends, _ = self._digit_runs
             after = np.searchsorted(d_starts, dots[:-1] + 1)
             anchors.append(dots[:-1][d_ends[after] == dots[1:]])
-        points = np.concatenate(anchors)
+        return np.concatenate(anchors)
+
+    def _id_tokens(self, points: npt.NDArray[np.intp], min_digits: int) -> list[tuple[bytes, int]]:
+        """The tokens holding ``points``, with their byte offsets."""
         if not len(points):
-            return set()
+            return []
         starts, ends = self.runs(DIGIT | ID_SEP)
         which = np.unique(np.searchsorted(ends, points, side="right"))
         data = self.data
-        out = set()
+        out = []
         for i in which.tolist():
-            token = data[starts[i] : ends[i]].strip(_SEPARATORS)
+            raw = data[starts[i] : ends[i]]
+            token = raw.strip(_SEPARATORS)
             if len(token) - token.count(b".") - token.count(b"/") - token.count(b"-") >= min_digits:
-                out.add(token)
+                out.append((token, int(starts[i]) + len(raw) - len(raw.lstrip(_SEPARATORS))))
         return out
+
+    def id_token_positions(self, min_digits: int, wanted: Iterable[bytes]) -> dict[bytes, list[int]]:
+        """Where the tokens of :meth:`id_tokens` that are in ``wanted`` are (character offsets)."""
+        wanted = set(wanted)
+        if not wanted:
+            return {}
+        points = self._id_points()
+        return self._positions(t for t in self._id_tokens(points, min_digits) if t[0] in wanted)
+
+    def base64_run_positions(
+        self, wanted: Iterable[str], min_length: int, max_length: int
+    ) -> dict[str, list[int]]:
+        """Where the runs of :meth:`base64_runs` that are in ``wanted`` are (character offsets)."""
+        wanted_bytes = {w.encode("ascii") for w in wanted}
+        if not wanted_bytes:
+            return {}
+        starts, ends = self.base64_runs(min_length, max_length)
+        data = self.data
+        spans = ((data[s:e], s) for s, e in zip(starts.tolist(), ends.tolist(), strict=True))
+        found = self._positions((run, s) for run, s in spans if run in wanted_bytes)
+        return {run.decode("ascii"): at for run, at in found.items()}
 
     def number_stretches(self, min_length: int) -> list[tuple[int, int]]:
         """Byte spans of the runs of number characters and separators at least ``min_length`` long."""
