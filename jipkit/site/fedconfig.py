@@ -41,7 +41,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -159,6 +159,11 @@ class SandboxConfig(_Strict):
     own cgroup."""
     ro_paths: list[Path] = Field(default_factory=list)
     """Further folders the kernel may read (for example model weights); never secrets."""
+    gpu: Literal["auto", "none"] = "auto"
+    """``auto``: show the kernel this machine's NVIDIA device nodes (``/dev/nvidia*``,
+    ``/dev/nvidia-caps``), so that notebooks compute on its GPUs; ``none``: never (the kernel
+    then sees no GPU).  A GPU is a device shared with the machine's other users: set ``none``
+    where other work on the same GPUs must not be reachable from a job."""
 
 
 class FederationConfig(_Strict):

@@ -26,7 +26,10 @@ What the kernel gets
   the rest of ``/etc``; not the runner's key, token, state, configuration, index, cache
   or runs folder (:func:`probe` refuses a view that would show one of them).
 - ``/proc`` of its own PID namespace and a minimal ``/dev`` (null, zero, full, random,
-  urandom, tty, pts).
+  urandom, tty, pts), plus the machine's NVIDIA device nodes (``/dev/nvidia*``) unless
+  ``gpu = "none"``: torch in the kernel then finds the GPUs (the driver's libraries come
+  with the read-only system view; a driver installed outside ``/usr`` needs its folder in
+  ``ro_paths`` and ``LD_LIBRARY_PATH`` in the federation's ``kernel_env``).
 - Writable: ``/tmp``, a tmpfs of ``scratch_bytes`` that is its home and working
   directory; ``/dev/shm``, a tmpfs of the same size; and the run's runtime folder
   (connection file, IPC sockets, the data socket of :mod:`jipkit.site.dataserver`),
@@ -41,7 +44,7 @@ What the kernel gets
   killed and the group removed.
 
 What it does not do: no seccomp filter (system calls are those of an unprivileged
-process), no CPU or disk I/O limits, no GPU (devices are not bound), and no filtering of
+process), no CPU or disk I/O limits, no limit on GPU memory, and no filtering of
 what the kernel sends back through its Jupyter channels (that is the disclosure
 control's work).  It needs root (for the cgroups and the change of user), bubblewrap,
 util-linux's ``setpriv``, and a writable memory cgroup: with cgroup v1, the runner's own
@@ -440,6 +443,19 @@ def _ancestors(path: Path) -> list[Path]:
     return list(reversed(path.parents))[1:]  # without "/"
 
 
+#: Where the machine's device nodes are (a test points it elsewhere).
+DEV: Path = Path("/dev")
+
+
+def gpu_device_nodes() -> list[Path]:
+    """This machine's NVIDIA device nodes: ``nvidia0``..., ``nvidiactl``, ``nvidia-uvm``...
+    and the ``nvidia-caps`` folder (empty where there is no NVIDIA GPU or driver)."""
+    try:
+        return sorted(p for p in DEV.iterdir() if p.name.startswith("nvidia"))
+    except OSError:
+        return []
+
+
 def bwrap_argv(
     config: SandboxConfig,
     interpreter: Interpreter,
@@ -485,6 +501,9 @@ def bwrap_argv(
     for name in ("passwd", "group", "hosts"):
         a += ["--ro-bind", str(etc_dir / name), f"/etc/{name}"]
     a += ["--proc", "/proc", "--dev", "/dev"]
+    if config.gpu == "auto":
+        for node in gpu_device_nodes():
+            a += ["--dev-bind", str(node), str(node)]
     a += ["--size", str(config.scratch_bytes), "--perms", "1777", "--tmpfs", str(SCRATCH)]
     a += ["--size", str(config.scratch_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
     made |= {Path("/etc"), Path("/proc"), Path("/dev"), SCRATCH}

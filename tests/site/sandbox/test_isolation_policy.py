@@ -182,3 +182,24 @@ def test_a_new_runner_removes_the_groups_and_processes_a_killed_one_left(
         orphan.wait()
         if left.exists():
             left.rmdir()
+
+
+def test_the_gpus_device_nodes_are_shown_unless_the_site_says_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jipkit.site.sandbox as sandbox
+
+    dev = tmp_path / "dev"
+    (dev / "nvidia-caps").mkdir(parents=True)
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "null", "sda"):
+        (dev / name).touch()
+    monkeypatch.setattr(sandbox, "DEV", dev)
+    interp = kernel_interpreter(sys.executable)
+    argv = bwrap_argv(SandboxConfig(), interp, etc_dir=tmp_path / "etc", runtime=None)
+    shown = [argv[i + 1] for i, a in enumerate(argv) if a == "--dev-bind"]
+    assert shown == [str(dev / n) for n in ("nvidia-caps", "nvidia-uvm", "nvidia0", "nvidia1", "nvidiactl")]
+    assert argv.index("--dev-bind") > argv.index("--dev")  # on top of the minimal /dev
+    argv = bwrap_argv(SandboxConfig(gpu="none"), interp, etc_dir=tmp_path / "etc", runtime=None)
+    assert "--dev-bind" not in argv
+    monkeypatch.setattr(sandbox, "DEV", tmp_path / "no-such-dev")
+    assert sandbox.gpu_device_nodes() == []

@@ -160,3 +160,31 @@ def test_memory_over_the_limit_kills_the_kernel_and_not_the_runner(
     assert not _own_groups(support)
     again = run("ok", tmp_path, kernel_dir, support=support)  # the runner goes on
     assert again.status == "succeeded"
+
+
+def _host_has_cuda() -> bool:
+    from jipkit.site.sandbox import gpu_device_nodes
+
+    if not gpu_device_nodes():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.skipif(
+    not _host_has_cuda(), reason="no NVIDIA GPU here (checked on an H100 machine: see README)"
+)
+def test_the_kernel_computes_on_the_gpu_unless_the_site_says_none(
+    tmp_path: Path, kernel_dir: Path, support: SandboxSupport
+) -> None:
+    import dataclasses
+
+    out = run("sees_gpu", tmp_path, kernel_dir, support=support, deadline_s=120)
+    assert out.status == "succeeded", out
+    assert json.loads(stdout_of(out)) == {"cuda": True, "sum": 1000.0}
+    config = support.config.model_copy(update={"gpu": "none"})
+    out = run(
+        "sees_gpu", tmp_path, kernel_dir, support=dataclasses.replace(support, config=config), deadline_s=120
+    )
+    assert json.loads(stdout_of(out)) == {"cuda": False, "sum": None}
