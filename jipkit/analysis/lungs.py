@@ -116,7 +116,8 @@ def pick_device(device: str = "auto") -> torch.device:
 def to_tensor(array: npt.ArrayLike | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """A volume's voxels (``[z, y, x]``, e.g. :attr:`jipkit.Volume.array`) as a tensor on ``device``.
 
-    Integer Hounsfield units stay integers (half the memory of float32); other types
+    Signed integers of up to 16 bits stay as they are (half the memory of float32);
+    unsigned ones become int32 (torch cannot compare unsigned 16-bit values); other types
     become float32.
     """
     torch = _torch()
@@ -124,7 +125,9 @@ def to_tensor(array: npt.ArrayLike | torch.Tensor, device: torch.device | str = 
         tensor = array
     else:
         values = np.asarray(array)
-        if values.dtype.kind not in "iu" or values.dtype.itemsize > 2:
+        if values.dtype.kind == "u":  # torch compares no unsigned 16-bit values: widen
+            values = values.astype(np.int32, copy=False)
+        elif values.dtype.kind != "i" or values.dtype.itemsize > 2:
             values = values.astype(np.float32, copy=False)
         tensor = torch.from_numpy(np.ascontiguousarray(values))
     if tensor.dim() != 3:

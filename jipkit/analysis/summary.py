@@ -3,9 +3,11 @@
 A site's output checks round the floats of records to ``float_digits`` significant
 digits (4 by default) and report every value they change; a notebook that rounds its
 results the same way first (:func:`round_sig`) comes through without a report.  The
-statistics here never include a single observation's value (no minimum or maximum),
-and each carries the ``n`` it was computed from, so that the site's k-suppression can
-act on it.
+statistics here report no minimum or maximum, and each carries the ``n`` it was
+computed from, so that the site's k-suppression can act on it.  Quartiles are order
+statistics: like any median, one may equal a single observation's value (rounded, and
+tied to no patient or series); a site that must not release even that sets its policy
+to hold such results for a steward, or a notebook leaves them out.
 """
 
 from __future__ import annotations

@@ -85,6 +85,14 @@ RECORD_SCHEMA: Final[dict[str, Any]] = {
                 }
             },
         },
+        {
+            # Only a site suppresses: a record marked suppressed carries no value, n or sd
+            # (else a notebook could mark its own record suppressed and skip the rounding).
+            "if": {"properties": {"suppressed": {"const": True}}, "required": ["suppressed"]},
+            "then": {
+                "properties": {"value": {"type": "null"}, "n": {"type": "null"}, "sd": {"type": "null"}}
+            },
+        },
     ],
 }
 

@@ -96,6 +96,17 @@ def test_the_phantom_lungs_are_exact_even_cut_by_the_last_slice() -> None:
     assert np.array_equal(body, labels[:top] != CT_LABELS["air"])
 
 
+def test_unsigned_voxels_are_measured_as_signed_ones() -> None:
+    """Stored values as uint16 (HU + 1024, as many scanners write them): same lungs."""
+    shape, spacing = (8, 48, 48), (2.5, 7.5, 7.5)
+    hu, truth = phantom_ct(shape, spacing, seed=5)
+    stored = (hu.astype(np.int32) + 1024).astype(np.uint16)
+    assert to_tensor(stored).dtype == torch.int32
+    found = measure_lungs(stored.astype(np.int32) - 1024, spacing).total_ml
+    assert measure_lungs(stored, spacing, threshold_hu=-400 + 1024).total_ml == pytest.approx(found)
+    assert found == pytest.approx(truth["lung_total_ml"])
+
+
 def test_air_outside_the_body_is_not_lung() -> None:
     hu = np.full((4, 32, 32), -1000, dtype=np.int16)
     assert not lung_mask(to_tensor(hu)).any()

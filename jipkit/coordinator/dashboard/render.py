@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any, Final
 
+from jipkit.coordinator.dashboard.diff import reveal
+
 __all__ = ["notebook_document", "outputs_document"]
 
 _STYLE: Final = """
@@ -71,7 +73,7 @@ def notebook_document(canon: Mapping[str, Any], title: str = "notebook") -> str:
         head = f"cell {i} · {kind}" + (f" · tags: {', '.join(tags)}" if tags else "")
         parts.append(
             f'<div class="cell {css}"><div class="head">{escape(head)}</div>'
-            f'<div class="{"md" if kind == "markdown" else "src"}"><pre>{escape(_text(cell.get("source")))}</pre>'
+            f'<div class="{"md" if kind == "markdown" else "src"}"><pre>{escape(reveal(_text(cell.get("source"))))}</pre>'
             "</div></div>"
         )
     if not parts:

@@ -78,7 +78,7 @@ async def run_page(request: Request, run_id: str) -> Response:
         combined=combined_rows(results),
         plots=plot_names(results),
         sites=sites,
-        can_cancel="coordinator" in study["roles"] and run["state"] == "running",
+        can_cancel=("coordinator" in study["roles"] or session.user.is_admin) and run["state"] == "running",
         any_result=any(s["has_result"] for s in sites),
     )
 

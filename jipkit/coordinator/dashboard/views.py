@@ -75,7 +75,8 @@ async def study_page(request: Request, study: str) -> Response:
 @router.post("/studies/{study}/notebooks")
 async def submit(request: Request, study: str) -> Response:
     """Submit an uploaded ``.ipynb`` as a version of the study (its scientists)."""
-    if int(request.headers.get("content-length") or 0) > _MAX_NOTEBOOK_BYTES + 65536:
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > _MAX_NOTEBOOK_BYTES + 65536:
         raise refused(413, "request_too_large", f"The notebook is larger than {_MAX_NOTEBOOK_BYTES} bytes.")
     session, form = await post_form(request)
     upload = form.get("notebook")

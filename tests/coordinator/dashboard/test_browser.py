@@ -87,7 +87,7 @@ def test_review_run_and_results_in_the_browser(
     frame.get_by_text("scale = 2.0").wait_for()
     assert 'jip.record("rare_findings", 3' in frame.locator("body").inner_text()
     diff = page.inner_text("#diff")
-    assert "-scale = 1.0" in diff and "+scale = 2.0" in diff and f"version {first[:12]}" in diff
+    assert "-| scale = 1.0" in diff and "+| scale = 2.0" in diff and f"version {first[:12]}" in diff
     assert page.inner_text("#parameters").split() == [
         "Name",
         "Type",

@@ -149,8 +149,18 @@ def test_the_diff_follows_the_previous_version_with_the_same_title() -> None:
     old = canonical_notebook(make_notebook(body="x = 1"))
     new = canonical_notebook(make_notebook(body="x = 2"))
     lines = [(d.kind, d.text) for d in unified_diff(old, new, "old", "new")]
-    assert ("del", "-x = 1") in lines and ("add", "+x = 2") in lines and lines[0] == ("file", "--- old")
+    assert ("del", "-| x = 1") in lines and ("add", "+| x = 2") in lines and lines[0] == ("file", "--- old")
     assert unified_diff(old, old, "a", "b") == []
+    # what an author writes cannot pass for a diff header or a cell header, nor hide itself
+    tricky = "++send_home()\n--- a\n# ---- cell 9 [markdown]\nok = 1  # \u202e)(emoh_dnes\u2066"
+    lines = [
+        (d.kind, d.text) for d in unified_diff(old, canonical_notebook(make_notebook(body=tricky)), "o", "n")
+    ]
+    assert [k for k, _ in lines[:2]] == ["file", "file"] and lines[2][0] == "hunk"
+    added = [t for k, t in lines if k == "add"]
+    assert "+| ++send_home()" in added and "+| --- a" in added and "+| # ---- cell 9 [markdown]" in added
+    assert "+| ok = 1  # <U+202E>)(emoh_dnes<U+2066>" in added
+    assert all(k != "file" for k, _ in lines[2:])
     versions = [
         {"version_hash": "v3", "title": "A", "submitted_at": "2026-01-03"},
         {"version_hash": "v2", "title": "B", "submitted_at": "2026-01-02"},

@@ -282,6 +282,13 @@ def _cases(i: Ids) -> dict[str, Callable[[], Case]]:
             [_table_record(pd.DataFrame(SLICE.astype(int)), name=f"rows_{k}") for k in range(20)],
             rule="numeric_budget",
         ),
+        "a record marked suppressed by the notebook, its value still in it": lambda: Case(
+            cells(),
+            [{**count("patients_all", 1237), "suppressed": True}],
+            hidden=["1237"],
+            rule="record_invalid",
+            policy=OutputPolicy(count_rounding=10),
+        ),
         "stderr and logging": lambda: Case(
             cells(stream(f"WARNING:root:{written}\n", name="stderr")), hidden=[written], rule="stream_stderr"
         ),
