@@ -68,7 +68,6 @@ _ESCAPE: Final = re.compile(r"\\x[0-9A-Fa-f]{2}")
 _PIECE: Final = 8
 #: ... and there are at least this many times ``min_chars`` characters of them in a text.
 _PIECES_FACTOR: Final = 4
-_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
 _ESCAPES_PER_LINE: Final = 16
 _URL_SAFE: Final = str.maketrans("-_", "+/")
 _DIGITS_ONLY: Final = bytes(c if 48 <= c <= 57 or c == 46 else 32 for c in range(256))
@@ -126,14 +125,24 @@ def _classify(run: str, padded: bool, min_chars: int) -> str | None:
     return None
 
 
-def _piece_kind(piece: str) -> str | None:
-    """``hex`` or ``base64`` when a short run looks like a piece of such a blob."""
-    has_digit = any(c.isdigit() for c in piece)
-    if _HEX_DIGITS.issuperset(piece):
-        return "hex" if has_digit and not piece.isdigit() else None
-    has_upper = any(c.isupper() for c in piece)
-    has_lower = any(c.islower() for c in piece)
-    if has_upper and has_lower and (has_digit or "+" in piece or "/" in piece):
+_HEX_PIECE = re.compile(rb"[0-9A-Fa-f]+")
+_DIGIT = re.compile(rb"[0-9]")
+_UPPER = re.compile(rb"[A-Z]")
+_LOWER = re.compile(rb"[a-z]")
+_DIGIT_OR_SLASH_PLUS = re.compile(rb"[0-9+/]")
+
+
+def _piece_kind(piece: bytes) -> str | None:
+    """``hex`` or ``base64`` when a short run (ASCII bytes) looks like a piece of such a blob.
+
+    Examples
+    --------
+    >>> _piece_kind(b"3fa2c1"), _piece_kind(b"ab12Cd+/"), _piece_kind(b"ResNet"), _piece_kind(b"123")
+    ('hex', 'base64', None, None)
+    """
+    if _HEX_PIECE.fullmatch(piece):
+        return "hex" if _DIGIT.search(piece) and not piece.isdigit() else None
+    if _UPPER.search(piece) and _LOWER.search(piece) and _DIGIT_OR_SLASH_PLUS.search(piece):
         return "base64"
     return None
 
@@ -144,7 +153,7 @@ def _pieces(tokens: ByteText, min_chars: int) -> list[Blob]:
     starts, ends = tokens.base64_runs(_PIECE, min_chars)
     pieces = []
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        kind = _piece_kind(data[s:e].decode("ascii"))
+        kind = _piece_kind(data[s:e])
         if kind is not None:
             pieces.append((s, e, kind))
     # distinct pieces only: a word repeated down a table or a log ("ResNet50") is not data
