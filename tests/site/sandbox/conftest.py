@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -79,7 +80,9 @@ def probed() -> SandboxSupport:
 @pytest.fixture
 def support(probed: SandboxSupport, tmp_path: Path) -> SandboxSupport:
     """``probed``, protecting what the runner of a site under ``tmp_path`` holds."""
-    return dataclasses.replace(probed, protected=(tmp_path,))
+    # a tag of its own: the test's checks for left-over run groups see only its own groups,
+    # not those of another test session on the same machine
+    return dataclasses.replace(probed, protected=(tmp_path,), tag=f"t{secrets.token_hex(4)}")
 
 
 @pytest.fixture
