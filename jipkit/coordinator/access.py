@@ -23,6 +23,8 @@ __all__ = [
     "refused",
     "require",
     "require_admin",
+    "require_user",
+    "require_visible",
     "roles_of",
     "study_row",
 ]
@@ -38,7 +40,8 @@ REASONS: Final = {
     "forbidden": "403: the caller's role does not allow this",
     "self_review": "403: the author of a version cannot review it",
     "wrong_site": "403: the job belongs to another site, or the result names another site",
-    "not_found": "404: no such study, user, site, notebook version, run or job",
+    "not_found": "404: no such study, user, site, notebook version, run or job (or, to a user "
+    "without a role in its study, one that exists there: see require_visible)",
     "request_invalid": "400/422: a request body that does not follow the API",
     "request_too_large": "413: a result over max_result_bytes",
     "name_invalid": "400: a name is not letters, digits and _.- (at most 64)",
@@ -131,6 +134,36 @@ def require(
         "forbidden",
         f"This needs the role {' or '.join(roles)} in study {study!r}; {caller.username} has not.",
     )
+
+
+def require_user(caller: Principal) -> User:
+    """The caller as a :class:`User`; 403 ``forbidden`` for a site token."""
+    if not isinstance(caller, User):
+        raise refused(403, "forbidden", "A site token cannot call this endpoint: use a user's token.")
+    return caller
+
+
+def require_visible(
+    c: sqlite3.Connection,
+    caller: Principal,
+    study: str,
+    roles: Sequence[str],
+    *,
+    admin_ok: bool,
+    missing: CoordinatorError,
+) -> set[str]:
+    """As :func:`require`, for a version, run or job found by its id in ``study``.
+
+    A user with no role at all in the study (and not an admin) is refused with
+    ``missing``: the very refusal (404 ``not_found``) of an id that does not exist.  A
+    version hash can be computed from a notebook file, so a 403 naming the study would
+    tell anyone whether that notebook was submitted, and where.  A member without one of
+    ``roles`` still gets 403 ``forbidden``.
+    """
+    user = require_user(caller)
+    if not user.is_admin and not roles_of(c, user, study):
+        raise missing
+    return require(c, user, study, roles, admin_ok=admin_ok)
 
 
 def require_admin(caller: Principal | None) -> str:

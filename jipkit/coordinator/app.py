@@ -11,8 +11,10 @@ The same app serves the dashboard for people's browsers under ``/ui/``
 pages, and errors as pages).
 
 One process, one event loop: each handler's database work is a few short statements
-run on the loop (no thread hand-off), and argon2 password checks run in a worker
-thread.  The long poll ``GET /site/jobs/next`` waits on an :class:`asyncio.Event` per
+run on the loop (no thread hand-off).  CPU work runs in worker threads, so that it
+never stalls the loop: argon2 password checks, and the handlers that parse notebooks
+or results (submit, get a version, a run's results, a site's result); the dashboard's
+pages likewise (:mod:`jipkit.coordinator.dashboard`).  The long poll ``GET /site/jobs/next`` waits on an :class:`asyncio.Event` per
 site, set when a job is queued for that site (a new run, or a lease that ran out), so
 a thousand idle runners cost a thousand parked coroutines and no database work.
 """
@@ -32,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jipkit.coordinator import dashboard
@@ -328,7 +331,7 @@ def create_app(config: CoordinatorConfig, *, service: Service | None = None) -> 
     @app.post(f"{API}/studies/{{study}}/notebooks", tags=["notebooks"], responses=errors)
     async def submit(study: str, body: NotebookRequest, who: AUser) -> dict[str, Any]:
         """Submit a notebook as a version of the study (scientists of the study)."""
-        return svc().submit_notebook(who, study, body.notebook)
+        return await run_in_threadpool(svc().submit_notebook, who, study, body.notebook)
 
     @app.get(f"{API}/studies", tags=["studies"], responses=errors)
     async def list_studies(who: AUser) -> dict[str, Any]:
@@ -348,7 +351,7 @@ def create_app(config: CoordinatorConfig, *, service: Service | None = None) -> 
     @app.get(f"{API}/notebooks/{{version_hash}}", tags=["notebooks"], responses=errors)
     async def get_version(version_hash: str, who: AUser) -> dict[str, Any]:
         """A version's canonical notebook and its reviews (members of its study)."""
-        return svc().get_notebook(who, version_hash)
+        return await run_in_threadpool(svc().get_notebook, who, version_hash)
 
     @app.post(f"{API}/notebooks/{{version_hash}}/reviews", tags=["notebooks"], responses=errors)
     async def review(version_hash: str, body: ReviewRequest, who: AUser) -> dict[str, Any]:
@@ -377,7 +380,7 @@ def create_app(config: CoordinatorConfig, *, service: Service | None = None) -> 
     @app.get(f"{API}/runs/{{run_id}}/results", tags=["runs"], responses=errors)
     async def results(run_id: str, who: AUser) -> dict[str, Any]:
         """Per-site results and the combined records (members of its study)."""
-        return svc().run_results(who, run_id)
+        return await run_in_threadpool(svc().run_results, who, run_id)
 
     # ------------------------------------------------------------------ sites
 
@@ -433,7 +436,7 @@ def create_app(config: CoordinatorConfig, *, service: Service | None = None) -> 
             body += chunk
             if len(body) > limit:
                 raise too_large
-        return svc().accept_result(who, job_id, bytes(body))
+        return await run_in_threadpool(svc().accept_result, who, job_id, bytes(body))
 
     @app.post(f"{API}/site/jobs/{{job_id}}/held", tags=["sites"], responses=errors)
     async def held(job_id: str, body: HeldRequest, who: ASite) -> dict[str, Any]:

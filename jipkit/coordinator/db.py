@@ -204,8 +204,10 @@ class Database:
 
     Notes
     -----
-    The service runs every statement on the event loop's thread (each is short), and
-    the lock makes the few calls from worker threads (password checks) safe.  Other
+    The service's statements are short; they run on the event loop's thread, or in
+    worker threads for the handlers that do CPU work (password checks, parsing
+    notebooks and results, the dashboard's pages), and the lock serialises them.  A
+    transaction holds the lock only for its statements: parsing happens outside it.  Other
     processes (the ``jip coordinator`` admin commands) may write at the same time:
     WAL and ``BEGIN IMMEDIATE`` with a busy timeout serialise them.
     """

@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jipkit.coordinator import audit
-from jipkit.coordinator.access import ROLES, Principal, User, refused, require, study_row
+from jipkit.coordinator.access import (
+    ROLES,
+    Principal,
+    User,
+    refused,
+    require,
+    require_user,
+    require_visible,
+    roles_of,
+    study_row,
+)
 from jipkit.coordinator.base import ServiceBase, iso
-from jipkit.errors import NotebookError
+from jipkit.errors import CoordinatorError, NotebookError
 from jipkit.protocol.canonical import canonical_json
 from jipkit.protocol.notebook import canonical_notebook, parameter_schema, version_hash
 
-__all__ = ["ReviewsMixin", "version_row", "version_summary"]
+__all__ = ["ReviewsMixin", "version_missing", "version_row", "version_summary", "visible_version"]
+
+
+def version_missing(vh: str) -> CoordinatorError:
+    """The refusal for a version hash that does not exist, or that the caller may not know of."""
+    return refused(404, "not_found", f"No notebook version {vh!r}. List them: jip notebook list --study S")
 
 
 def version_row(c: sqlite3.Connection, vh: str) -> sqlite3.Row:
@@ -25,8 +40,23 @@ def version_row(c: sqlite3.Connection, vh: str) -> sqlite3.Row:
         (vh,),
     ).fetchone()
     if row is None:
-        raise refused(404, "not_found", f"No notebook version {vh!r}. List them: jip notebook list --study S")
+        raise version_missing(vh)
     return row  # type: ignore[no-any-return]
+
+
+def visible_version(
+    c: sqlite3.Connection, caller: Principal, vh: str, roles: Sequence[str], *, admin_ok: bool
+) -> sqlite3.Row:
+    """The version's row (see :func:`version_row`) for a caller holding one of ``roles`` in its study.
+
+    A caller with no role in the version's study gets the same 404 ``not_found`` as for a
+    hash that does not exist (see :func:`~jipkit.coordinator.access.require_visible`); a
+    member without one of ``roles``, 403 ``forbidden``.
+    """
+    require_user(caller)
+    row = version_row(c, vh)
+    require_visible(c, caller, row["study"], roles, admin_ok=admin_ok, missing=version_missing(vh))
+    return row
 
 
 def version_summary(c: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
@@ -100,10 +130,16 @@ class ReviewsMixin(ServiceBase):
             ).fetchone()
             if row is not None:
                 if row["study"] != study:
+                    # Name the other study only to its members (and admins).
+                    where = (
+                        f"study {row['study']!r}"
+                        if caller.is_admin or roles_of(c, caller, row["study"])
+                        else "another study"
+                    )
                     raise refused(
                         409,
                         "version_in_other_study",
-                        f"This exact notebook is version {vh[:12]} of study {row['study']!r}; a version "
+                        f"This exact notebook is version {vh[:12]} of {where}; a version "
                         "belongs to one study. Change the notebook (a new version) to submit it here.",
                     )
                 return {"version_hash": vh, "parameters": schema, "state": row["state"], "existing": True}
@@ -138,8 +174,7 @@ class ReviewsMixin(ServiceBase):
     def get_notebook(self, caller: Principal, vh: str) -> dict[str, Any]:
         """A version: its summary, canonical notebook and reviews (members of its study, admins)."""
         with self.db.read() as c:
-            row = version_row(c, vh)
-            require(c, caller, row["study"], ROLES, admin_ok=True)
+            row = visible_version(c, caller, vh, ROLES, admin_ok=True)
             reviews = c.execute(
                 "SELECT u.username AS reviewer, r.decision, r.comment, r.reviewed_at FROM reviews r "
                 "JOIN users u ON u.id = r.reviewer_id WHERE r.version_hash = ? ORDER BY r.reviewed_at",
@@ -169,8 +204,7 @@ class ReviewsMixin(ServiceBase):
         if decision not in ("approve", "reject"):
             raise refused(400, "request_invalid", f"Expected decision approve or reject, found {decision!r}.")
         with self.db.read() as c:
-            row = version_row(c, vh)
-            require(c, caller, row["study"], ("reviewer",), admin_ok=False)
+            row = visible_version(c, caller, vh, ("reviewer",), admin_ok=False)
         assert isinstance(caller, User)
         if row["author_id"] == caller.id:
             err = refused(403, "self_review", "The author of a notebook version cannot review it.")

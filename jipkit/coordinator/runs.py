@@ -9,25 +9,45 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jipkit.coordinator import audit
-from jipkit.coordinator.access import ROLES, Principal, User, refused, require, study_row
+from jipkit.coordinator.access import (
+    ROLES,
+    Principal,
+    User,
+    refused,
+    require,
+    require_user,
+    require_visible,
+    study_row,
+)
 from jipkit.coordinator.base import ServiceBase, iso
-from jipkit.coordinator.reviews import version_row
-from jipkit.errors import NotebookError, ParameterError
+from jipkit.coordinator.reviews import version_missing, version_row
+from jipkit.errors import CoordinatorError, NotebookError, ParameterError
 from jipkit.protocol.canonical import canonical_json, sha256_hex
 from jipkit.protocol.notebook import check_parameters
 
-__all__ = ["RunsMixin", "run_row"]
+__all__ = ["RunsMixin", "run_missing", "run_row"]
+
+
+def run_missing(run_id: str) -> CoordinatorError:
+    """The refusal for a run id that does not exist, or that the caller may not know of."""
+    return refused(404, "not_found", f"No run {run_id!r}.")
 
 
 def run_row(c: sqlite3.Connection, caller: Principal, run_id: str, roles: Sequence[str]) -> sqlite3.Row:
-    """The run's row with its creator; 404 ``not_found``, or 403 unless the caller has one of ``roles``."""
+    """The run's row with its creator, for a caller holding one of ``roles`` in its study (or an admin).
+
+    404 ``not_found`` when there is no such run *or* the caller has no role in its study
+    (the same refusal: a run id does not tell an outsider that it exists, nor its study);
+    403 ``forbidden`` for a member without one of ``roles``.
+    """
+    require_user(caller)
     run = c.execute(
         "SELECT r.*, u.username AS creator FROM runs r JOIN users u ON u.id = r.created_by WHERE r.run_id = ?",
         (run_id,),
     ).fetchone()
     if run is None:
-        raise refused(404, "not_found", f"No run {run_id!r}.")
-    require(c, caller, run["study"], roles, admin_ok=True)
+        raise run_missing(run_id)
+    require_visible(c, caller, run["study"], roles, admin_ok=True, missing=run_missing(run_id))
     return run  # type: ignore[no-any-return]
 
 
@@ -87,8 +107,8 @@ class RunsMixin(ServiceBase):
                 for r in c.execute("SELECT site FROM study_sites WHERE study = ? ORDER BY site", (study,))
             ]
         assert isinstance(caller, User)
-        if row["study"] != study:
-            raise refused(404, "not_found", f"Version {vh[:12]} is not a version of study {study!r}.")
+        if row["study"] != study:  # the same refusal as a hash that does not exist
+            raise version_missing(vh)
         if row["state"] != "approved":
             raise refused(
                 409, "not_approved", f"Version {vh[:12]} is {row['state']}: only an approved version can run."

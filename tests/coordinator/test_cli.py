@@ -202,7 +202,8 @@ def test_user_commands_submit_review_run_wait_results(world: World, tmp_path: Pa
     assert rows == [{"site": site.name, "state": "succeeded", "ct_series": "7.0", "vol": "3.5"}]
     res = json.loads(_ok(jip("results", run_id.group(1), "--format", "json", env=as_("scientist"))))
     assert res["combined"][0]["pooled"] == {"total": 7}
-    _refused(jip("results", run_id.group(1), env=as_("outsider")), "forbidden")
+    # an outsider is told what an unknown run id is told: not even that it exists
+    _refused(jip("results", run_id.group(1), env=as_("outsider")), f"No run {run_id.group(1)!r}. (not_found)")
 
 
 def test_http_commands_fail_in_one_line(jip: Jip) -> None:

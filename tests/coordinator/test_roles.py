@@ -99,10 +99,33 @@ def test_role_checked(
     elif caller in allowed:
         assert r.status_code not in (401, 403), r.text
         assert r.status_code < 500, r.text
+    elif caller == "outsider" and _per_id(path):
+        # Not even whether the id exists: the very answer to an id that does not.
+        unknown = {"version": "f" * 64, "run": "run-" + "0" * 32, "job": setup["job"]}
+        other = client.request(
+            method, path.format(study=world.study, **unknown), json=_body(body, world, setup, caller)
+        )
+        assert (r.status_code, r.json()["reason"]) == (404, "not_found"), r.text
+        assert (other.status_code, other.json()["reason"]) == (404, "not_found"), other.text
+        known = {"version": world.version_hash, "run": setup["run"]}
+        assert r.json()["detail"] == _swap(other.json()["detail"], unknown, known)
+        assert set(r.json()) == {"detail", "reason"}
+        assert world.study not in r.text
     else:
         assert r.status_code == 403, r.text
         assert r.json()["reason"] == "forbidden"
         assert set(r.json()) == {"detail", "reason"}
+
+
+def _per_id(path: str) -> bool:
+    """An endpoint that finds a notebook version or a run by its id."""
+    return "{version}" in path or "{run}" in path
+
+
+def _swap(text: str, unknown: dict[str, str], known: dict[str, str]) -> str:
+    for k, v in known.items():
+        text = text.replace(unknown[k], v)
+    return text
 
 
 def test_every_api_path_is_in_the_matrix(world: World) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from jipkit.protocol.notebook import version_hash
 from jipkit.protocol.signing import SigningKey, verify_document
-from tests.coordinator._helpers import World, count, make_notebook, measure
+from tests.coordinator._helpers import PASSWORD, World, count, make_notebook, measure
 
 
 def _submit(world: World, role: str, nb: dict[str, Any]) -> str:
@@ -72,12 +73,62 @@ def test_self_review_refused_and_quorum_of_two_others(world: World) -> None:
     assert (_run(world, vh).status_code, _run(world, vh).json()["reason"]) == (409, "not_approved")
     r = _review(world, "reviewer2", vh)
     assert (r.json()["state"], r.json()["approvals"]) == ("approved", 2)
-    with world.user("outsider") as c:
-        assert c.get(f"/notebooks/{vh}").status_code == 403
+    with world.user("outsider") as c:  # not even whether it exists
+        assert (c.get(f"/notebooks/{vh}").status_code, c.get("/notebooks/" + "0" * 64).status_code) == (
+            404,
+            404,
+        )
     with world.user("scientist") as c:
         got = c.get(f"/notebooks/{vh}").json()
     assert [rv["reviewer"] for rv in got["reviews"]] == ["bob", "carol"]
     assert version_hash(got["notebook"]) == vh
+
+
+def test_a_version_or_run_of_another_study_answers_as_one_that_does_not_exist(world: World) -> None:
+    """A version hash can be computed from a notebook file: a member of another study learns
+    neither that the version (or a run) exists nor the name of its study."""
+    other, name = f"other-{uuid.uuid4().hex[:8]}", f"mallory-{uuid.uuid4().hex[:8]}"
+    world.svc.create_study(other, review_quorum=1)
+    world.svc.create_user(name, PASSWORD)
+    for role in ("scientist", "reviewer", "coordinator"):
+        world.svc.grant_role(other, name, role)
+    with world.coord.client() as anon:
+        token = anon.post("/auth/token", json={"username": name, "password": PASSWORD}).json()["token"]
+    run_id = world.start_run(world.new_sites(1))["run_id"]
+    vh, no_vh, no_run = world.version_hash, "0" * 64, "run-" + "0" * 32
+    requests: list[tuple[str, str, Any]] = [
+        ("GET", "/notebooks/{v}", None),
+        ("POST", "/notebooks/{v}/reviews", {"decision": "reject"}),
+        ("GET", "/runs/{r}", None),
+        ("GET", "/runs/{r}/results", None),
+        ("POST", "/runs/{r}/cancel", None),
+        ("POST", "/runs", {"study": other, "version_hash": "{v}", "deadline_s": 60}),
+    ]
+    with world.coord.client(token) as mallory:
+        for method, path, body in requests:
+
+            def send(v: str, r: str, method: str = method, path: str = path, body: Any = body) -> Any:
+                filled = json.loads(json.dumps(body).replace("{v}", v)) if body else None
+                return mallory.request(method, path.format(v=v, r=r), json=filled)
+
+            known, unknown = send(vh, run_id), send(no_vh, no_run)
+            assert (known.status_code, known.json()["reason"]) == (404, "not_found"), (path, known.text)
+            assert known.json() == {
+                **unknown.json(),
+                "detail": unknown.json()["detail"].replace(no_vh, vh).replace(no_run, run_id),
+            }, path
+            assert world.study not in known.text
+        r = mallory.post(f"/studies/{other}/notebooks", json={"notebook": make_notebook()})
+    assert (r.status_code, r.json()["reason"]) == (409, "version_in_other_study")
+    assert world.study not in r.json()["detail"] and "another study" in r.json()["detail"]
+    world.svc.grant_role(other, "alice", "scientist")
+    with world.user("scientist") as c:  # a member of the version's study is told which
+        r = c.post(f"/studies/{other}/notebooks", json={"notebook": make_notebook()})
+    assert (r.status_code, r.json()["reason"]) == (409, "version_in_other_study")
+    assert f"study {world.study!r}" in r.json()["detail"]
+    with world.user("reviewer") as c:  # a member without the role: 403, as before
+        r = c.post(f"/runs/{run_id}/cancel")
+    assert (r.status_code, r.json()["reason"]) == (403, "forbidden")
 
 
 def test_a_rejection_rejects(world: World) -> None:

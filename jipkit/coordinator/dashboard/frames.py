@@ -3,6 +3,7 @@
 Served under ``/ui/frames/`` with the sandboxing Content-Security-Policy
 (:data:`~jipkit.coordinator.dashboard.security.FRAME_CSP`, set by the security headers
 middleware for every path there); built by :mod:`jipkit.coordinator.dashboard.render`.
+Rendering is CPU work: the handlers are plain ``def``, run in FastAPI's worker threads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ router = APIRouter(prefix=f"{PREFIX}/frames", include_in_schema=False)
 
 
 @router.get("/versions/{vh}")
-async def notebook_frame(request: Request, vh: str) -> Response:
+def notebook_frame(request: Request, vh: str) -> Response:
     """A notebook version's cells (members of its study)."""
     session = require_session(request)
     version = service(request).get_notebook(session.user, vh)
@@ -30,7 +31,7 @@ async def notebook_frame(request: Request, vh: str) -> Response:
 
 
 @router.get("/runs/{run_id}/sites/{site}")
-async def outputs_frame(request: Request, run_id: str, site: str) -> Response:
+def outputs_frame(request: Request, run_id: str, site: str) -> Response:
     """A site's outputs of a run (members of its study)."""
     session = require_session(request)
     results = service(request).run_results(session.user, run_id)

@@ -5,16 +5,29 @@ a measure, as a dashed line with each site's standard deviation as an error bar)
 suppressed site has no bar but the word *suppressed* where its bar would be (it is not
 0); a site without the record says *not reported*.  Text is drawn as paths, so no text
 from a site is left in the SVG as markup.
+
+Plots are drawn in worker threads (the dashboard's handlers keep this CPU work off the
+event loop), so nothing here touches pyplot or its backend: each plot is a
+:class:`matplotlib.figure.Figure` of its own on an Agg canvas of its own, saved as SVG.  The SVG settings
+(``svg.fonttype``, ``svg.hashsalt``) can only be given through matplotlib's global
+``rcParams``, which :func:`matplotlib.rc_context` sets and restores; drawing holds
+:data:`_DRAW_LOCK` so two threads never interleave those changes.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
+from jipkit.coordinator.dashboard.tables import site_records
+
 __all__ = ["plot_names", "record_plot_svg"]
+
+_DRAW_LOCK = threading.Lock()
+"""Held while a plot is drawn: matplotlib's rcParams are global, and not thread-safe."""
 
 
 def plot_names(results: Mapping[str, Any]) -> list[str]:
@@ -36,10 +49,8 @@ def _finite(value: Any) -> float | None:
 def _site_values(results: Mapping[str, Any], name: str) -> list[tuple[str, dict[str, Any] | None]]:
     out = []
     for s in results["sites"]:
-        recs = (
-            [r for r in s.get("records") or [] if r.get("name") == name] if s["state"] == "succeeded" else []
-        )
-        out.append((str(s["site"]), dict(recs[-1]) if recs else None))
+        rec = site_records(s).get(name)
+        out.append((str(s["site"]), dict(rec) if rec is not None else None))
     return out
 
 
@@ -52,8 +63,7 @@ def record_plot_svg(results: Mapping[str, Any], name: str) -> bytes:
         No count or measure of that name among the combined records.
     """
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     entry = next(
@@ -88,8 +98,9 @@ def record_plot_svg(results: Mapping[str, Any], name: str) -> bytes:
         parts = [f"suppressed at {', '.join(hidden)}"] if hidden else []
         parts += [f"no value from {', '.join(absent)}"] if absent else []
         title += f"\n({'; '.join(parts)})"
-    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "jip-dashboard"}):
+    with _DRAW_LOCK, matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "jip-dashboard"}):
         fig = Figure(figsize=(6.0, 3.2), dpi=96, layout="constrained")
+        FigureCanvasAgg(fig)  # its own Agg canvas (layout); savefig draws the SVG: no pyplot, no backend
         ax = fig.add_subplot()
         xs = list(range(len(labels)))
         shown = [v if n is None else 0.0 for v, n in zip(values, notes, strict=True)]

@@ -4,6 +4,13 @@ The run page shows each site's job state and, through ``static/run.js``, polls
 ``status`` every 1.5 s until every job is final.  Results: the per-site and combined
 tables (suppressed shown as suppressed), plots of the combined records, CSV downloads,
 each site's redaction report, outputs (in a sandboxed frame) and provenance.
+
+The handlers that read results (JSON parsing, pooling with pandas, tables, CSV and
+matplotlib plots) are plain ``def``: FastAPI runs them in its worker threads, so this
+CPU work never stalls the event loop that serves the sites' long polls.  The session
+lookup and the service are safe there (the database's connection is serialised by a
+lock); only the live status, a few short statements, and the cancel form (its CSRF
+check reads the form, which needs the loop) stay on the loop.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ def status_document(run: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/runs/{run_id}")
-async def run_page(request: Request, run_id: str) -> Response:
+def run_page(request: Request, run_id: str) -> Response:
     """A run: per-site status (live), cancel, and its results once they come."""
     session = require_session(request)
     svc = service(request)
@@ -107,21 +114,21 @@ def _csv(text: str, filename: str) -> Response:
 
 
 @router.get("/runs/{run_id}/results.csv")
-async def results_csv(request: Request, run_id: str) -> Response:
+def results_csv(request: Request, run_id: str) -> Response:
     """Every site's records as CSV (one row per site and record)."""
     session = require_session(request)
     return _csv(records_csv(service(request).run_results(session.user, run_id)), f"{run_id}-records.csv")
 
 
 @router.get("/runs/{run_id}/combined.csv")
-async def combined_csv_file(request: Request, run_id: str) -> Response:
+def combined_csv_file(request: Request, run_id: str) -> Response:
     """The combined (pooled) records as CSV."""
     session = require_session(request)
     return _csv(combined_csv(service(request).run_results(session.user, run_id)), f"{run_id}-combined.csv")
 
 
 @router.get("/runs/{run_id}/plots/{name}.svg")
-async def plot(request: Request, run_id: str, name: str) -> Response:
+def plot(request: Request, run_id: str, name: str) -> Response:
     """The plot of one combined record (SVG)."""
     session = require_session(request)
     results = service(request).run_results(session.user, run_id)

@@ -1,7 +1,10 @@
 """What the dashboard's run and results tables show: job states, records, pooled figures, CSV.
 
 A suppressed value shows as ``suppressed``: never 0, never blank.  A site without the
-record (no result yet, or a result without it) shows as ``-``.
+record (no result yet, or a result without it) shows as ``-``.  A name a site recorded
+twice counts once, as its last record, as in the pooled figures
+(:func:`jipkit.coordinator.aggregate.combine`): every table, plot and CSV here reads a
+site's records through :func:`site_records`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ __all__ = [
     "combined_rows",
     "job_status",
     "records_csv",
+    "site_records",
     "site_rows",
+    "suppressed_sites",
 ]
 
 FINAL_STATES: Final = frozenset({"succeeded", "failed", "refused", "declined", "cancelled"})
@@ -98,6 +103,20 @@ def record_cell(rec: Mapping[str, Any] | None) -> Cell:
     return Cell(_value_text(rec))
 
 
+def site_records(site: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A site's records by name: the last record of each name (as ``combine`` keeps it).
+
+    Names in the order they first appear; empty unless the site's job succeeded (others
+    have no records that count).
+    """
+    if site.get("state") != "succeeded":
+        return {}
+    out: dict[str, Mapping[str, Any]] = {}
+    for r in site.get("records") or []:
+        out[str(r.get("name"))] = r
+    return out
+
+
 def record_names(sites: Sequence[Mapping[str, Any]]) -> list[str]:
     """Record names in the order they first appear in the sites' results."""
     return list(dict.fromkeys(str(r.get("name")) for s in sites for r in s.get("records") or []))
@@ -111,7 +130,7 @@ def site_rows(results: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any
     names = record_names(results["sites"])
     rows = []
     for s in results["sites"]:
-        recs = {str(r.get("name")): r for r in s.get("records") or []} if s["state"] == "succeeded" else {}
+        recs = site_records(s)
         rows.append(
             {
                 "site": s["site"],
@@ -141,13 +160,8 @@ def _pooled_text(entry: Mapping[str, Any], suppressed: Sequence[str]) -> tuple[C
 
 
 def suppressed_sites(results: Mapping[str, Any], name: str) -> list[str]:
-    """The sites whose record ``name`` was suppressed."""
-    return [
-        str(s["site"])
-        for s in results["sites"]
-        if s["state"] == "succeeded"
-        and any(r.get("name") == name and r.get("suppressed") for r in s.get("records") or [])
-    ]
+    """The sites whose record ``name`` was suppressed: its last record there, as the pooled figure counts it."""
+    return [str(s["site"]) for s in results["sites"] if (site_records(s).get(name) or {}).get("suppressed")]
 
 
 def combined_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -189,7 +203,8 @@ def records_csv(results: Mapping[str, Any]) -> str:
 
     Columns: site, state, name, kind, value, unit, n, sd, of, suppressed.  A suppressed
     value has an empty ``value`` and ``suppressed`` true (it is not 0); tables are left
-    out (their value is not one number or text).  A site without records has one row
+    out (their value is not one number or text).  A name recorded twice at a site has one
+    row, its last record (see :func:`site_records`).  A site without records has one row
     with its state only.
     """
     out = io.StringIO()
@@ -197,7 +212,7 @@ def records_csv(results: Mapping[str, Any]) -> str:
     writer.writerow(["site", "state", "name", "kind", "value", "unit", "n", "sd", "of", "suppressed"])
     for s in results["sites"]:
         state = job_status(s)["label"]
-        recs = [r for r in (s.get("records") or []) if r.get("kind") != "table"]
+        recs = [r for r in site_records(s).values() if r.get("kind") != "table"]
         if s["state"] != "succeeded" or not recs:
             writer.writerow([s["site"], state, "", "", "", "", "", "", "", ""])
             continue

@@ -3,6 +3,12 @@
 What a page offers follows the user's roles in the study (a review form for its
 reviewers other than the author, a run form for its coordinators, an upload form for its
 scientists); the service checks every action again, whatever the page showed.
+
+Pages are CPU work (a notebook parsed, diffed and rendered): the GET handlers are plain
+``def``, run in FastAPI's worker threads, and the form handlers read their form on the
+event loop (the CSRF check) and do the rest with ``run_in_threadpool``, so the loop
+that serves the sites' long polls never waits on them.  Only waking the sites' long
+polls after a new run happens back on the loop (asyncio events are not thread-safe).
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ import json
 from typing import Any, Final
 
 from fastapi import APIRouter
-from starlette.datastructures import UploadFile
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -35,7 +42,7 @@ def _redirect(url: str) -> Response:
 
 
 @router.get("/studies")
-async def studies(request: Request) -> Response:
+def studies(request: Request) -> Response:
     """The studies the user takes part in (every study for an admin)."""
     session = require_session(request)
     return page(request, "studies.html", studies=service(request).list_studies(session.user))
@@ -67,7 +74,7 @@ def _study_page(
 
 
 @router.get("/studies/{study}")
-async def study_page(request: Request, study: str) -> Response:
+def study_page(request: Request, study: str) -> Response:
     """A study: its versions and their review state, its runs; upload for scientists."""
     return _study_page(request, require_session(request), study)
 
@@ -81,10 +88,19 @@ async def submit(request: Request, study: str) -> Response:
     session, form = await post_form(request)
     upload = form.get("notebook")
     if not isinstance(upload, UploadFile):
-        return _study_page(
-            request, session, study, error="Choose a notebook file (.ipynb) to submit.", status=400
+        return await run_in_threadpool(
+            _study_page,
+            request,
+            session,
+            study,
+            error="Choose a notebook file (.ipynb) to submit.",
+            status=400,
         )
     data = await upload.read(_MAX_NOTEBOOK_BYTES + 1)
+    return await run_in_threadpool(_submit, request, session, study, data)
+
+
+def _submit(request: Request, session: Session, study: str, data: bytes) -> Response:
     if len(data) > _MAX_NOTEBOOK_BYTES:
         return _study_page(
             request,
@@ -164,7 +180,7 @@ def _version_page(
 
 
 @router.get("/versions/{vh}")
-async def version_page(request: Request, vh: str) -> Response:
+def version_page(request: Request, vh: str) -> Response:
     """A notebook version: summary, parameters, the rendered notebook, its diff, reviews, forms."""
     return _version_page(request, require_session(request), vh)
 
@@ -173,6 +189,10 @@ async def version_page(request: Request, vh: str) -> Response:
 async def review(request: Request, vh: str) -> Response:
     """Approve or reject a version with a comment (reviewers of its study other than its author)."""
     session, form = await post_form(request)
+    return await run_in_threadpool(_review, request, session, vh, form)
+
+
+def _review(request: Request, session: Session, vh: str, form: FormData) -> Response:
     decision, comment = form.get("decision"), form.get("comment") or ""
     if decision not in ("approve", "reject") or not isinstance(comment, str):
         return _version_page(request, session, vh, error="Choose approve or reject.", status=400)
@@ -189,6 +209,14 @@ async def review(request: Request, vh: str) -> Response:
 async def start_run(request: Request, vh: str) -> Response:
     """Start a run of an approved version on the chosen sites (coordinators of its study)."""
     session, form = await post_form(request)
+    response, sites = await run_in_threadpool(_start_run, request, session, vh, form)
+    if sites:
+        request.app.state.job_signal.notify(sites)  # on the loop: asyncio events are not thread-safe
+    return response
+
+
+def _start_run(request: Request, session: Session, vh: str, form: FormData) -> tuple[Response, list[str]]:
+    """The response to the run form, and the sites a started run queued jobs for."""
     text = form.get("parameters") or "{}"
     sites = [str(s) for s in form.getlist("sites")]
     deadline = form.get("deadline_s") or "600"
@@ -206,9 +234,11 @@ async def start_run(request: Request, vh: str) -> Response:
             error=f"Expected the parameters as a JSON object and the deadline in whole seconds ({err}).",
             status=400,
             form=kept,
-        )
+        ), []
     if not sites:
-        return _version_page(request, session, vh, error="Choose at least one site.", status=400, form=kept)
+        return _version_page(
+            request, session, vh, error="Choose at least one site.", status=400, form=kept
+        ), []
     svc = service(request)
     version = svc.get_notebook(session.user, vh)
     try:
@@ -217,6 +247,5 @@ async def start_run(request: Request, vh: str) -> Response:
         if isinstance(err, CoordinatorError) and err.status == 404:
             raise
         status = err.status if isinstance(err, CoordinatorError) and err.status else 400
-        return _version_page(request, session, vh, error=str(err), status=status, form=kept)
-    request.app.state.job_signal.notify(j["site"] for j in out["jobs"])
-    return _redirect(f"{PREFIX}/runs/{out['run_id']}?done=started")
+        return _version_page(request, session, vh, error=str(err), status=status, form=kept), []
+    return _redirect(f"{PREFIX}/runs/{out['run_id']}?done=started"), [j["site"] for j in out["jobs"]]

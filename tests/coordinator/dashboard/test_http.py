@@ -188,10 +188,53 @@ def test_views_follow_the_users_roles(dash: Dash, version: str) -> None:
         assert dash.study not in eve.get("/ui/studies").text
         r = eve.get(f"/ui/studies/{dash.study}")
         assert r.status_code == 403 and "This needs the role" in r.text
-        assert eve.get(f"/ui/versions/{version}").status_code == 403
-        assert eve.get(f"/ui/frames/versions/{version}").status_code == 403
+        assert eve.get(f"/ui/versions/{version}").status_code == 404  # not even whether it exists
+        assert eve.get(f"/ui/frames/versions/{version}").status_code == 404
     with dash.ui("admin") as root:
         assert dash.study in root.get("/ui/studies").text
+
+
+def test_an_outsider_gets_the_answer_of_an_id_that_does_not_exist(dash: Dash) -> None:
+    """Every page, frame, download and form found by a version hash or run id answers a user
+    without a role in its study as it answers an id that does not exist: the same 404 page,
+    without the study's name."""
+    site = dash.new_sites(1)[0]
+    vh = dash.approved(notebook(title=unique("Hidden")))
+    run_id = dash.start_run(vh, [site])
+    post_result(site, site.claim(), records=[count("patients", 12, "patients")])
+    no_vh, no_run = "0" * 64, "run-" + "0" * 32
+    gets = [
+        "/ui/versions/{v}",
+        "/ui/frames/versions/{v}",
+        "/ui/runs/{r}",
+        "/ui/runs/{r}/status",
+        "/ui/runs/{r}/results.csv",
+        "/ui/runs/{r}/combined.csv",
+        "/ui/runs/{r}/plots/patients.svg",
+        f"/ui/frames/runs/{{r}}/sites/{site.name}",
+    ]
+    posts = {
+        "/ui/versions/{v}/reviews": {"decision": "reject", "comment": "no"},
+        "/ui/versions/{v}/runs": {"parameters": "{}", "deadline_s": "60", "sites": site.name},
+        "/ui/runs/{r}/cancel": {},
+    }
+    with dash.ui("outsider") as eve:
+        for path in [*gets, *posts]:
+            answers = []
+            for v, r in ((vh, run_id), (no_vh, no_run)):
+                url = path.format(v=v, r=r)
+                if path in posts:
+                    answers.append(eve.post(url, {**posts[path], "csrf": eve.csrf}))
+                else:
+                    answers.append(eve.get(url))
+            known, unknown = answers
+            assert (known.status_code, unknown.status_code) == (404, 404), (path, known.text)
+            assert "not_found" in known.text, path
+            assert known.text == unknown.text.replace(no_vh, vh).replace(no_run, run_id), path
+            assert dash.study not in known.text, path
+    with dash.ui("scientist") as alice:  # a member without the role is refused as before
+        r = alice.post(f"/ui/runs/{run_id}/cancel", {"csrf": alice.csrf})
+        assert r.status_code == 403 and "This needs the role coordinator" in r.text
 
 
 def test_the_author_cannot_review_their_version_and_is_told_why(dash: Dash) -> None:

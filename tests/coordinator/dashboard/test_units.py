@@ -3,6 +3,7 @@ diffs, plots, sessions, and the Secure cookie behind an https public URL (in-pro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
@@ -12,6 +13,7 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 
 from jipkit.coordinator.app import create_app
 from jipkit.coordinator.config import CoordinatorConfig
@@ -140,6 +142,49 @@ def test_tables_and_csv_show_suppressed_apart_from_0_and_missing() -> None:
     assert by["c", ""]["state"] == "failed: cell_error"
 
 
+def _twice(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """Results where site a recorded ``x`` twice (``first``, then ``last``) and site b once (7)."""
+    from jipkit.coordinator.aggregate import combine
+
+    sites = [
+        {"site": "a", "state": "succeeded", "reason": None, "records": [first, last]},
+        {"site": "b", "state": "succeeded", "reason": None, "records": [count("x", 7)]},
+    ]
+    return {"sites": sites, "combined": combine({s["site"]: s["records"] for s in sites})}
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "pooled", "hidden", "a_cell"),
+    [
+        (count("x", None), count("x", 9), "16", [], ("9", "value")),
+        (count("x", 9), count("x", None), "7", ["a"], ("suppressed", "suppressed")),
+    ],
+    ids=["suppressed-then-9", "9-then-suppressed"],
+)
+def test_a_name_recorded_twice_at_a_site_counts_as_its_last_record_everywhere(
+    first: dict[str, Any], last: dict[str, Any], pooled: str, hidden: list[str], a_cell: tuple[str, str]
+) -> None:
+    """As the pooled figure (combine keeps a site's last record of a name): the tables,
+    the 'suppressed at' list, the CSV and the plot all follow the last record."""
+    from jipkit.coordinator.dashboard.plots import _site_values
+
+    res = _twice(first, last)
+    (row,) = combined_rows(res)
+    assert (row["pooled"].text, row["suppressed"]) == (pooled, hidden)
+    assert row["missing"] == [] and res["combined"][0]["missing_sites"] == hidden
+    _, rows = site_rows(res)
+    assert (rows[0]["cells"][0].text, rows[0]["cells"][0].kind) == a_cell
+    table = [
+        (r["site"], r["name"], r["value"], r["suppressed"])
+        for r in csv.DictReader(io.StringIO(records_csv(res)))
+    ]
+    expected_a = ("a", "x", "", "true") if hidden else ("a", "x", "9", "false")
+    assert table == [expected_a, ("b", "x", "7", "false")]
+    plotted = dict(_site_values(res, "x"))
+    assert bool((plotted["a"] or {}).get("suppressed")) == bool(hidden)
+    assert record_plot_svg(res, "x").startswith(b"<?xml")
+
+
 def test_a_plot_marks_suppressed_sites_and_draws_text_as_paths() -> None:
     svg = record_plot_svg(_results(), "n")
     assert svg.startswith(b"<?xml") and b"<text" not in svg and b"<script" not in svg
@@ -224,3 +269,103 @@ def test_cookies_are_secure_behind_an_https_public_url(tmp_path: Path) -> None:
             and "httponly" in cookie.lower()
         )
     svc.close()
+
+
+# (what is slow, the request that waits on it); each slow part raises 404 once let go.
+SLOW_REQUESTS = [
+    ("run_results", "GET", "/ui/runs/run-1/plots/x.svg"),
+    ("record_plot_svg", "GET", "/ui/runs/run-1/plots/x.svg"),
+    ("run_results", "GET", "/ui/runs/run-1/results.csv"),
+    ("run_results", "GET", "/ui/runs/run-1/combined.csv"),
+    ("run_results", "GET", "/ui/frames/runs/run-1/sites/a"),
+    ("get_run", "GET", "/ui/runs/run-1"),
+    ("get_notebook", "GET", "/ui/versions/abc"),
+    ("get_notebook", "GET", "/ui/frames/versions/abc"),
+    ("get_study", "GET", "/ui/studies/s"),
+    ("list_studies", "GET", "/ui/studies"),
+    ("review", "POST", "/ui/versions/abc/reviews"),
+    ("get_notebook", "POST", "/ui/versions/abc/runs"),
+]
+
+
+@pytest.mark.parametrize(
+    ("slow", "method", "path"), SLOW_REQUESTS, ids=[f"{m} {p} ({s})" for s, m, p in SLOW_REQUESTS]
+)
+def test_a_slow_page_leaves_the_event_loop_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str, method: str, path: str
+) -> None:
+    """While a page's service call or plot is still working, the loop (which also serves
+    the sites' long polls) answers another request: the work is not done on the loop."""
+    import threading
+
+    from jipkit.coordinator.access import refused
+    from jipkit.coordinator.dashboard import runs
+
+    svc = _service(tmp_path)
+    svc.create_user("u1", PASSWORD)
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def blocking(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(5.0)  # on the loop, this would hold every other request for 5 s
+        finished.set()
+        raise refused(404, "not_found", "let go")
+
+    if slow == "record_plot_svg":
+        monkeypatch.setattr(svc, "run_results", lambda *a: {"sites": [], "combined": []})
+        monkeypatch.setattr(runs, "record_plot_svg", blocking)
+    else:
+        monkeypatch.setattr(svc, slow, blocking)
+    app = create_app(svc.config, service=svc)
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                page = await c.get("/ui/login")
+                r = await c.post(
+                    "/ui/login",
+                    data={"csrf": csrf_of(page.text), "username": "u1", "password": PASSWORD},
+                    headers={"Origin": "http://testserver"},
+                )
+                assert r.status_code == 303, r.text
+                csrf = csrf_of((await c.get("/ui/studies")).text) if slow != "list_studies" else ""
+                if method == "POST":
+                    data = {"csrf": csrf, "decision": "approve", "parameters": "{}", "sites": "a"}
+                    task = asyncio.ensure_future(
+                        c.post(path, data=data, headers={"Origin": "http://testserver"})
+                    )
+                else:
+                    task = asyncio.ensure_future(c.get(path))
+                for _ in range(500):
+                    if entered.is_set() or task.done():
+                        break
+                    await asyncio.sleep(0.01)
+                seen["entered"] = entered.is_set()
+                cheap = await c.get("/ui/login")
+                seen["cheap"] = cheap.status_code
+                seen["slow_was_working"] = not finished.is_set()
+                release.set()
+                seen["slow"] = (await task).status_code
+
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: Playwright's loop may run in this one
+        pool.submit(anyio.run, main).result()
+    svc.close()
+    assert seen["entered"] and seen["cheap"] == 303  # the login page sends a logged-in user on
+    assert seen["slow_was_working"], "the other request waited for the slow one: it ran on the event loop"
+    assert seen["slow"] == 404
+
+
+def test_plots_drawn_in_threads_at_once_are_the_plots_drawn_alone() -> None:
+    """The pages draw plots in worker threads: concurrent drawings neither mix their
+    settings nor leave matplotlib's global settings changed."""
+    import matplotlib
+
+    before = {k: matplotlib.rcParams[k] for k in ("svg.fonttype", "svg.hashsalt")}
+    res = _results()
+    alone = {name: record_plot_svg(res, name) for name in ("n", "v")}
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda i: (i % 2, record_plot_svg(res, "nv"[i % 2])), range(32)))
+    assert all(svg == alone["nv"[i]] for i, svg in together)
+    assert {k: matplotlib.rcParams[k] for k in before} == before
