@@ -19,21 +19,20 @@ never 0, and every pooled figure says how many sites it is missing from.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jipkit.coordinator.client import FINAL_RUN_STATES, CoordinatorClient
+from jipkit.coordinator.client import CoordinatorClient
+from jipkit.coordinator.db import FINAL_JOB_STATES
 from jipkit.errors import CoordinatorError
+from jipkit.protocol.messages import redaction_place
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Coordinator", "Run", "RunResults"]
 
-#: Job states after which a site's part of a run will not change.
-FINAL_JOB_STATES = ("succeeded", "failed", "refused", "declined", "cancelled")
 
 _LABELS = {
     "queued": "queued",
@@ -94,15 +93,11 @@ class Coordinator:
         verify: str | bool | None = None,
         timeout: float = 30.0,
     ) -> None:
-        url = url or os.environ.get("JIP_COORDINATOR_URL")
-        if not url:
+        if not (url or os.environ.get("JIP_COORDINATOR_URL")):
             raise CoordinatorError(
                 "Expected the coordinator's URL: pass jip.Coordinator(url, token) or set JIP_COORDINATOR_URL."
             )
-        token = token or os.environ.get("JIP_COORDINATOR_TOKEN")
-        if verify is None:
-            verify = os.environ.get("JIP_COORDINATOR_CA_BUNDLE") or True
-        self.client = CoordinatorClient(url, token, verify=verify, timeout=timeout)
+        self.client = CoordinatorClient.from_env(url, token, verify=verify, timeout=timeout)
         self.url = self.client.url
 
     def __repr__(self) -> str:
@@ -221,28 +216,28 @@ class Run:
             ``wait_timeout`` when the run has not finished within ``timeout``.
         """
         bars: dict[str, Any] = {}
-        start = time.monotonic()
-        delay = min(poll_s, 0.1)
         try:
-            while True:
-                run = self.info()
-                if progress:
-                    self._show(run, bars)
-                if run["state"] in FINAL_RUN_STATES:
-                    return self.results()
-                if timeout is not None and time.monotonic() - start > timeout:
-                    err = CoordinatorError(
-                        f"Run {self.run_id} has not finished after {timeout:g} s "
-                        f"({', '.join(f'{n} {s}' for s, n in sorted(run['counts'].items()))}). "
-                        f"It goes on: call wait() again later, or jip results {self.run_id}."
-                    )
-                    err.reason = "wait_timeout"
-                    raise err
-                time.sleep(delay)
-                delay = min(poll_s, delay * 2)
+            self.coordinator.client.wait_run(
+                self.run_id,
+                timeout=timeout,
+                poll_s=poll_s,
+                on_progress=(lambda run: self._show(run, bars)) if progress else None,
+            )
+        except CoordinatorError as err:
+            if getattr(err, "reason", None) != "wait_timeout":
+                raise
+            run = self.info()
+            late = CoordinatorError(
+                f"Run {self.run_id} has not finished after {timeout:g} s "
+                f"({', '.join(f'{n} {s}' for s, n in sorted(run['counts'].items()))}). "
+                f"It goes on: call wait() again later, or jip results {self.run_id}."
+            )
+            late.reason = "wait_timeout"
+            raise late from None
         finally:
             for bar in bars.values():
                 bar.close()
+        return self.results()
 
     @staticmethod
     def _show(run: Mapping[str, Any], bars: dict[str, Any]) -> None:
@@ -328,7 +323,7 @@ class RunResults:
                 }
             )
             for r in s.get("redactions") or []:
-                place = ", ".join(f"{k} {v}" for k, v in (r.get("place") or {}).items())
+                place = redaction_place(r)
                 row = {"site": s["site"], "rule": r.get("rule"), "place": place, "count": r.get("count", 1)}
                 red_rows.append({**row, "detail": r.get("detail")})
         per_site = {s["site"]: s["records"] if s["state"] == "succeeded" else None for s in res["sites"]}

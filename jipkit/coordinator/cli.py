@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from jipkit.coordinator.db import FINAL_JOB_STATES
 from jipkit.errors import JipError
 from jipkit.protocol.messages import redaction_line
 
@@ -41,8 +42,6 @@ __all__ = ["main", "register"]
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-_FINAL_JOB_STATES = ("succeeded", "failed", "refused", "declined", "cancelled")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -225,7 +224,7 @@ def _progress(out: TextIO) -> Callable[[dict[str, Any]], None]:
 
     def show(run: dict[str, Any]) -> None:
         jobs = run["jobs"]
-        done = sum(1 for j in jobs if j["state"] in _FINAL_JOB_STATES)
+        done = sum(1 for j in jobs if j["state"] in FINAL_JOB_STATES)
         if len(jobs) <= 12:
             detail = "  ".join(f"{j['site']}: {_job_label(j)}" for j in jobs)
         else:

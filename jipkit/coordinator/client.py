@@ -86,7 +86,12 @@ class CoordinatorClient:
 
     @classmethod
     def from_env(
-        cls, url: str | None = None, token: str | None = None, *, verify: str | bool | None = None
+        cls,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        verify: str | bool | None = None,
+        timeout: float = 30.0,
     ) -> CoordinatorClient:
         """A client from arguments, else ``$JIP_COORDINATOR_URL`` / ``_TOKEN`` / ``_CA_BUNDLE``.
 
@@ -101,7 +106,7 @@ class CoordinatorClient:
         token = token or os.environ.get("JIP_COORDINATOR_TOKEN")
         if verify is None:
             verify = os.environ.get("JIP_COORDINATOR_CA_BUNDLE") or True
-        return cls(url, token, verify=verify)
+        return cls(url, token, verify=verify, timeout=timeout)
 
     def __enter__(self) -> CoordinatorClient:
         return self

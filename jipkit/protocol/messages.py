@@ -81,6 +81,7 @@ __all__ = [
     "builtin_exception_name",
     "parse_time",
     "redaction_line",
+    "redaction_place",
     "utcnow_iso",
 ]
 
@@ -144,6 +145,11 @@ def parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def redaction_place(entry: Mapping[str, Any]) -> str:
+    """Where a redaction report's entry lies, as text (``cell 2, output 0``); empty when unknown."""
+    return ", ".join(f"{k} {v}" for k, v in (entry.get("place") or {}).items())
+
+
 def redaction_line(entry: Mapping[str, Any]) -> str:
     """One entry of a result's redaction report as a line of text.
 
@@ -153,7 +159,7 @@ def redaction_line(entry: Mapping[str, Any]) -> str:
     ...                 "detail": "PatientName (base64)"})
     'identifier: 3 at cell 2, output 0 [PatientName (base64)]'
     """
-    place = ", ".join(f"{k} {v}" for k, v in (entry.get("place") or {}).items())
+    place = redaction_place(entry)
     detail = f" [{entry['detail']}]" if entry.get("detail") else ""
     return f"{entry.get('rule')}: {entry.get('count', 1)} at {place or '-'}{detail}"
 

@@ -15,8 +15,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from jipkit.coordinator.db import FINAL_JOB_STATES
+
 __all__ = [
-    "FINAL_STATES",
     "Cell",
     "combined_csv",
     "combined_rows",
@@ -27,7 +28,6 @@ __all__ = [
     "suppressed_sites",
 ]
 
-FINAL_STATES: Final = frozenset({"succeeded", "failed", "refused", "declined", "cancelled"})
 
 _LABELS: Final = {
     "queued": ("queued", "queued"),
@@ -61,7 +61,7 @@ def job_status(job: Mapping[str, Any]) -> dict[str, Any]:
         "kind": kind,
         "reason": reason,
         "attempt": job.get("attempt"),
-        "final": state in FINAL_STATES,
+        "final": state in FINAL_JOB_STATES,
     }
 
 
