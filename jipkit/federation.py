@@ -241,11 +241,7 @@ class Run:
 
     @staticmethod
     def _show(run: Mapping[str, Any], bars: dict[str, Any]) -> None:
-        import warnings
-
-        with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns, then draws text bars
-            warnings.simplefilter("ignore")
-            from tqdm.auto import tqdm
+        from jipkit.progress import tqdm
 
         width = max((len(j["site"]) for j in run["jobs"]), default=4)
         for pos, job in enumerate(run["jobs"]):

@@ -21,10 +21,7 @@ from typing import Any
 from jipkit.data.fastheader import read_header_fast
 from jipkit.data.headers import HeaderError
 from jipkit.data.index import Index
-
-with warnings.catch_warnings():  # tqdm.auto warns in a kernel without ipywidgets (a site's
-    warnings.simplefilter("ignore")  # headless runs: stderr in every run), then draws text bars
-    from tqdm.auto import tqdm
+from jipkit.progress import tqdm
 
 __all__ = ["IngestReport", "index_paths"]
 

@@ -520,7 +520,8 @@ class RemoteSite:
     ) -> Iterator[tuple[str, Volume]]:
         """Load series one after the other: yields ``(SeriesInstanceUID, Volume)``."""
         import pandas as pd
-        from tqdm.auto import tqdm
+
+        from jipkit.progress import tqdm
 
         uids = list(series["SeriesInstanceUID"]) if isinstance(series, pd.DataFrame) else list(series)
         for uid in tqdm(uids, desc="loading", unit="series", disable=not progress):

@@ -25,10 +25,7 @@ from jipkit.data.load import assemble
 from jipkit.data.schema import ATTRIBUTES, LEVELS, NUMERIC, Level
 from jipkit.data.volume import Volume
 from jipkit.errors import ConfigError, NotFoundError, QueryError
-
-with warnings.catch_warnings():  # tqdm.auto warns in a kernel without ipywidgets (a site's
-    warnings.simplefilter("ignore")  # headless runs: stderr in every run), then draws text bars
-    from tqdm.auto import tqdm
+from jipkit.progress import tqdm
 
 if TYPE_CHECKING:
     import dask.array

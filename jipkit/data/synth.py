@@ -1529,7 +1529,7 @@ def generate_archive(
     >>> manifest = generate_archive(tmp_path, n_patients=2)  # doctest: +SKIP
     >>> manifest.groupby("Modality").size()  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
+    from jipkit.progress import tqdm
 
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, got {n_patients}")
